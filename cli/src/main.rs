@@ -1,0 +1,49 @@
+//! `flowgate`: one binary for every part of flowgate. Each subcommand lives in
+//! its own module here and calls into the crate that does the work.
+
+use clap::{Parser, Subcommand};
+
+mod explain;
+
+/// Kubernetes flow observability and NetworkPolicy audit: see every flow,
+/// and why the policies in force allow or deny it.
+#[derive(Debug, Parser)]
+#[command(name = "flowgate", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decide whether NetworkPolicies allow a connection, and explain why.
+    Explain(explain::Args),
+    // Subcommands of later parts are added here, one line each.
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Explain(args) => explain::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One line naming the problem: the whole cause chain, no backtrace.
+            eprintln!("flowgate: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr so that stdout stays machine-readable (`--output json`).
+/// `RUST_LOG` picks the level; the default is `info`.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

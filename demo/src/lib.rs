@@ -1,0 +1,1 @@
+//! flowgate demo: a cluster built from network namespaces, policies enforced with nftables.

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every flowgate test: formatting, lints, unit and integration tests
+# (including eBPF tests against this machine's kernel, which need root), the
+# NetworkPolicy conformance suite, and the browser tests.
+# Usage: sudo scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "setup (installs missing packages, mounts tracefs/bpffs)"
+bash scripts/setup.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo build (the flowgate binary the CLI tests run)"
+cargo build --locked -p flowgate
+
+step "cargo test (workspace)"
+cargo test --workspace --locked --no-fail-fast
+
+step "NetworkPolicy conformance through the CLI (sampled; the in-process test checks every row)"
+if [ -f ../shared/policy-conformance/check.py ]; then
+  python3 ../shared/policy-conformance/check.py \
+    --cmd 'target/debug/flowgate explain --cluster {cluster} --from {src} --to {dst} --port {port} --protocol {protocol} --output json' \
+    --max-rows-per-case 12 --jobs 2
+else
+  echo "!! SKIPPED: ../shared/policy-conformance not found beside this checkout" >&2
+  [ -z "${CI:-}" ] || { echo "in CI the conformance suite must be present" >&2; exit 1; }
+fi

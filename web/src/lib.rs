@@ -1,0 +1,1 @@
+//! The embedded web dashboard served by the collector.
