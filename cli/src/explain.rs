@@ -1,0 +1,144 @@
+//! `flowgate explain`: the policy verdict for one connection, explained.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use flowgate_policy::{Cluster, DirectionExplanation, Endpoint, Explanation, Protocol};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Output {
+    /// Sentences for a person.
+    Text,
+    /// One JSON object; its top-level boolean `allowed` is the final verdict.
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// A YAML/JSON file or a folder of them holding Namespaces, Pods and
+    /// NetworkPolicies (multi-document and `kind: List` files are fine).
+    /// Repeat to combine several.
+    #[arg(long, required = true, value_name = "FILE_OR_DIR")]
+    cluster: Vec<PathBuf>,
+    /// Source: `namespace/pod`, or an IP address (a pod's IP means that pod).
+    #[arg(long, value_name = "SRC")]
+    from: String,
+    /// Destination: `namespace/pod`, or an IP address.
+    #[arg(long, value_name = "DST")]
+    to: String,
+    /// Destination port (1-65535; ignored for ICMP).
+    #[arg(long, value_parser = clap::value_parser!(u16))]
+    port: u16,
+    /// Protocol: TCP, UDP, SCTP (or ICMP/ICMPv6, which only port-less rules admit).
+    #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
+    protocol: Protocol,
+    /// How to print the verdict.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    s.parse()
+        .map_err(|e: flowgate_policy::UnknownProtocol| e.to_string())
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.port == 0
+        && matches!(
+            args.protocol,
+            Protocol::Tcp | Protocol::Udp | Protocol::Sctp
+        )
+    {
+        bail!("port 0 is out of range 1-65535");
+    }
+    let objects = flowgate_policy::load_paths(&args.cluster).context("reading the cluster")?;
+    for ignored in &objects.ignored {
+        tracing::debug!(object = %ignored, "not a Namespace, Pod or NetworkPolicy: ignored");
+    }
+    let cluster = Cluster::build(&objects, 1).context("invalid cluster object")?;
+    let src = endpoint(&cluster, &args.from).context("--from")?;
+    let dst = endpoint(&cluster, &args.to).context("--to")?;
+    let explanation = cluster.explain(&src, &dst, args.port, args.protocol);
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
+        Output::Text => print!("{}", render_text(&explanation)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `namespace/pod` or an IP address.
+fn endpoint(cluster: &Cluster, spec: &str) -> anyhow::Result<Endpoint> {
+    if let Ok(ip) = spec.parse::<IpAddr>() {
+        return Ok(cluster.endpoint_for_ip(ip));
+    }
+    let Some((ns, name)) = spec.split_once('/') else {
+        bail!("`{spec}` is neither `namespace/pod` nor an IP address");
+    };
+    match cluster.find_pod(ns, name) {
+        Some(pod) => Ok(cluster.pod_endpoint(pod, None)),
+        None => {
+            let known: Vec<&str> = cluster
+                .pods()
+                .filter(|(_, p)| p.namespace == ns)
+                .map(|(_, p)| p.name.as_str())
+                .take(8)
+                .collect();
+            if known.is_empty() {
+                bail!("unknown pod `{spec}`: the cluster has no pods in namespace `{ns}`")
+            }
+            bail!(
+                "unknown pod `{spec}` (pods in `{ns}` include: {})",
+                known.join(", ")
+            )
+        }
+    }
+}
+
+fn render_text(e: &Explanation) -> String {
+    let verdict = if e.allowed { "ALLOWED" } else { "DENIED" };
+    let name = |v: &flowgate_policy::EndpointView| match (&v.namespace, &v.pod) {
+        (Some(ns), Some(p)) => format!("{ns}/{p} ({})", v.ip),
+        _ => format!("{} (outside the cluster)", v.ip),
+    };
+    let mut out = format!(
+        "{verdict}: {} → {} {} {}\n",
+        name(&e.src),
+        name(&e.dst),
+        e.protocol,
+        e.port
+    );
+    for d in [&e.egress, &e.ingress] {
+        out.push_str(&render_direction(d));
+    }
+    out
+}
+
+fn render_direction(d: &DirectionExplanation) -> String {
+    let mark = if !d.applicable {
+        "n/a"
+    } else if d.allowed {
+        "allow"
+    } else {
+        "DENY"
+    };
+    let mut out = format!(
+        "  {:<8} [{mark}] {}\n",
+        d.direction.to_string(),
+        first_sentence(&d.reason, d)
+    );
+    for m in &d.misses {
+        out.push_str(&format!("           - {}\n", m.explanation));
+    }
+    out
+}
+
+/// The denial reason repeats the misses, which are printed one per line.
+fn first_sentence<'a>(reason: &'a str, d: &DirectionExplanation) -> &'a str {
+    if d.misses.is_empty() {
+        reason
+    } else {
+        reason.split_once(": ").map_or(reason, |(head, _)| head)
+    }
+}

@@ -1,0 +1,162 @@
+//! Reading Namespaces, Pods and NetworkPolicies from Kubernetes YAML:
+//! multi-document streams, and `kind: List` objects.
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde::Deserialize;
+use serde_norway::Value;
+
+use crate::error::ParseError;
+
+/// The objects the engine needs, as the Kubernetes API defines them.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterObjects {
+    pub namespaces: Vec<Namespace>,
+    pub pods: Vec<Pod>,
+    pub policies: Vec<NetworkPolicy>,
+    /// Objects of other kinds, as `Kind namespace/name`: read and set aside.
+    pub ignored: Vec<String>,
+}
+
+impl ClusterObjects {
+    /// Adds every object of a YAML (or JSON) text. `source` names the text
+    /// in errors, e.g. its file path.
+    pub fn parse_yaml(&mut self, source: &str, text: &str) -> Result<(), ParseError> {
+        for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+            let document = i + 1;
+            let value = Value::deserialize(doc).map_err(|e| ParseError::Yaml {
+                source_name: source.to_string(),
+                document,
+                message: e.to_string(),
+            })?;
+            if value.is_null() {
+                continue; // an empty document, e.g. a trailing `---`
+            }
+            self.add_value(source, document, value)?;
+        }
+        Ok(())
+    }
+
+    fn add_value(&mut self, source: &str, document: usize, value: Value) -> Result<(), ParseError> {
+        let kind = value
+            .get("kind")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let Some(kind) = kind else {
+            return Err(ParseError::NotAnObject {
+                source_name: source.to_string(),
+                document,
+            });
+        };
+        let name = object_name(&value);
+        let malformed = |message: String| ParseError::Object {
+            source_name: source.to_string(),
+            document,
+            kind: kind.clone(),
+            name: name.clone(),
+            message,
+        };
+        match kind.as_str() {
+            "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" => {
+                let items = match value.get("items") {
+                    None | Some(Value::Null) => return Ok(()),
+                    Some(Value::Sequence(items)) => items.clone(),
+                    Some(_) => return Err(malformed("`items` is not a list".into())),
+                };
+                let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+                for mut item in items {
+                    // Items of typed lists may omit their kind and apiVersion.
+                    if let (Some(k), Value::Mapping(m)) = (item_kind, &mut item) {
+                        m.entry("kind".into()).or_insert_with(|| k.into());
+                        let api = if k == "NetworkPolicy" {
+                            "networking.k8s.io/v1"
+                        } else {
+                            "v1"
+                        };
+                        m.entry("apiVersion".into()).or_insert_with(|| api.into());
+                    }
+                    self.add_value(source, document, item)?;
+                }
+            }
+            "Namespace" => self
+                .namespaces
+                .push(serde_norway::from_value(value).map_err(|e| malformed(e.to_string()))?),
+            "Pod" => self
+                .pods
+                .push(serde_norway::from_value(value).map_err(|e| malformed(e.to_string()))?),
+            "NetworkPolicy" => self
+                .policies
+                .push(serde_norway::from_value(value).map_err(|e| malformed(e.to_string()))?),
+            other => self.ignored.push(format!("{other} {name}")),
+        }
+        Ok(())
+    }
+}
+
+fn object_name(value: &Value) -> String {
+    let meta = value.get("metadata");
+    let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str);
+    match (field("namespace"), field("name")) {
+        (Some(ns), Some(n)) => format!("{ns}/{n}"),
+        (None, Some(n)) => n.to_string(),
+        _ => "<unnamed>".to_string(),
+    }
+}
+
+/// Reads every `.yaml`, `.yml` and `.json` file of the given files and
+/// folders (folders recursively, in name order).
+#[cfg(feature = "fs")]
+pub fn load_paths(
+    paths: &[impl AsRef<std::path::Path>],
+) -> Result<ClusterObjects, crate::LoadError> {
+    use crate::LoadError;
+    use std::path::{Path, PathBuf};
+
+    fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+        let io = |source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(io)?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()
+                .map_err(io)?;
+            entries.sort();
+            for entry in entries {
+                let is_yaml = entry
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+                if entry.is_dir() || is_yaml {
+                    collect(&entry, out)?;
+                }
+            }
+        } else {
+            std::fs::metadata(path).map_err(io)?;
+            out.push(path.to_path_buf());
+        }
+        Ok(())
+    }
+
+    let mut objects = ClusterObjects::default();
+    for path in paths {
+        let path = path.as_ref();
+        let mut files = Vec::new();
+        collect(path, &mut files)?;
+        if files.is_empty() {
+            return Err(LoadError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            objects.parse_yaml(&file.display().to_string(), &text)?;
+        }
+    }
+    Ok(objects)
+}
