@@ -160,3 +160,20 @@ pub fn load_paths(
     }
     Ok(objects)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_typed_lists_are_unpacked() {
+        let mut o = ClusterObjects::default();
+        o.parse_yaml("lists.yaml", include_str!("../tests/fixtures/lists.yaml"))
+            .unwrap();
+        assert_eq!(o.namespaces.len(), 1);
+        assert_eq!(o.pods.len(), 1);
+        assert_eq!(o.policies.len(), 1);
+        assert_eq!(o.policies[0].metadata.name.as_deref(), Some("deny"));
+        assert_eq!(o.ignored, vec!["Service a/svc".to_string()]);
+    }
+}
