@@ -28,7 +28,7 @@ step "NetworkPolicy conformance through the CLI (sampled; the in-process test ch
 if [ -f ../shared/policy-conformance/check.py ]; then
   python3 ../shared/policy-conformance/check.py \
     --cmd 'target/debug/flowgate explain --cluster {cluster} --from {src} --to {dst} --port {port} --protocol {protocol} --output json' \
-    --max-rows-per-case 12 --jobs 2
+    --max-rows-per-case 60 --jobs 2
 else
   echo "!! SKIPPED: ../shared/policy-conformance not found beside this checkout" >&2
   [ -z "${CI:-}" ] || { echo "in CI the conformance suite must be present" >&2; exit 1; }
