@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * TC programs (clsact or TCX; TCX needs Linux 6.6) that observe every packet
+ * on an interface. They never change or drop a packet: they always return
+ * TC_ACT_UNSPEC (TCX_NEXT), so the next program or the stack decides.
+ *
+ * flow granularity: a per-CPU LRU hash aggregates packets per 5-tuple,
+ * interface and hook; the probe reads and exports it every interval. New
+ * entries and TCP SYN/FIN/RST also go to the ring buffer, so a connection
+ * shorter than the interval is never missed.
+ * packet granularity: every packet is a ring-buffer event.
+ */
+#include "parse.h"
+#include <bpf/bpf_core_read.h>
+
+#ifndef TC_ACT_UNSPEC
+#define TC_ACT_UNSPEC (-1)
+#endif
+
+#define FG_TCP_CTRL (0x01 | 0x02 | 0x04) /* FIN | SYN | RST */
+
+/* Set by the loader before the program is verified; the verifier prunes
+ * the branch not taken. */
+volatile const __u32 fg_granularity = FG_GRANULARITY_FLOW;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} fg_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct fg_flow_key);
+	__type(value, struct fg_flow_stats);
+} fg_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FG_CTR_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} fg_counters SEC(".maps");
+
+static __always_inline void fg_count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&fg_counters, &idx);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void fg_emit(const struct fg_flow_key *key, __u64 now, __u32 len, __u8 kind,
+				    __u8 tcp_flags)
+{
+	struct fg_event *e = bpf_ringbuf_reserve(&fg_events, sizeof(*e), 0);
+	if (!e) {
+		fg_count(FG_CTR_RINGBUF_LOST);
+		return;
+	}
+	e->timestamp_ns = now;
+	__builtin_memcpy(&e->key, key, sizeof(*key));
+	e->len = len;
+	e->kind = kind;
+	e->tcp_flags = tcp_flags;
+	e->_pad = 0;
+	e->drop_reason = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void fg_add(struct fg_flow_stats *s, __u64 now, __u32 len, __u8 tcp_flags)
+{
+	/* Per-CPU slot: this CPU may see the flow for the first time. */
+	if (s->first_seen_ns == 0)
+		s->first_seen_ns = now;
+	s->packets += 1;
+	s->bytes += len;
+	s->last_seen_ns = now;
+	s->tcp_flags |= tcp_flags;
+}
+
+static __always_inline int fg_observe(struct __sk_buff *skb, __u8 hook)
+{
+	struct fg_flow_key key = {};
+	__u8 tcp_flags = 0;
+	__u64 now = bpf_ktime_get_ns();
+
+	fg_count(FG_CTR_PACKETS);
+	int rc = fg_parse(skb, &key, &tcp_flags);
+	if (rc == FG_PARSE_NOT_IP) {
+		fg_count(FG_CTR_NOT_IP);
+		return TC_ACT_UNSPEC;
+	}
+	if (rc != FG_PARSE_OK) {
+		fg_count(FG_CTR_TRUNCATED);
+		return TC_ACT_UNSPEC;
+	}
+	key.ifindex = skb->ifindex;
+	key.hook = hook;
+
+	if (fg_granularity == FG_GRANULARITY_PACKET) {
+		fg_emit(&key, now, skb->len, FG_EVENT_PACKET, tcp_flags);
+		return TC_ACT_UNSPEC;
+	}
+
+	struct fg_flow_stats *s = bpf_map_lookup_elem(&fg_flows, &key);
+	if (s) {
+		fg_add(s, now, skb->len, tcp_flags);
+	} else {
+		struct fg_flow_stats init = {
+			.packets = 1,
+			.bytes = skb->len,
+			.first_seen_ns = now,
+			.last_seen_ns = now,
+			.tcp_flags = tcp_flags,
+		};
+		if (bpf_map_update_elem(&fg_flows, &key, &init, BPF_NOEXIST) == 0) {
+			fg_emit(&key, now, skb->len, FG_EVENT_NEW_FLOW, tcp_flags);
+		} else {
+			/* Another CPU inserted it first: add to our slot. */
+			s = bpf_map_lookup_elem(&fg_flows, &key);
+			if (s)
+				fg_add(s, now, skb->len, tcp_flags);
+			else
+				fg_count(FG_CTR_FLOW_UPDATE_FAIL);
+		}
+	}
+	if (tcp_flags & FG_TCP_CTRL)
+		fg_emit(&key, now, skb->len, FG_EVENT_TCP_CTRL, tcp_flags);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("classifier")
+int fg_tc_ingress(struct __sk_buff *skb)
+{
+	return fg_observe(skb, FG_HOOK_INGRESS);
+}
+
+SEC("classifier")
+int fg_tc_egress(struct __sk_buff *skb)
+{
+	return fg_observe(skb, FG_HOOK_EGRESS);
+}
+
+/*
+ * skb:kfree_skb as a BTF tracepoint (Linux 5.5+; drop reasons 5.17+): every
+ * packet the kernel frees as dropped, with its reason. Only the few sk_buff
+ * fields read here are declared; CO-RE relocates their offsets against the
+ * running kernel's BTF at load time.
+ */
+struct net_device {
+	int ifindex;
+} __attribute__((preserve_access_index));
+
+struct sk_buff {
+	unsigned int len;
+	__u16 protocol; /* __be16 */
+	__u16 transport_header;
+	__u16 network_header;
+	unsigned char *head;
+	struct net_device *dev;
+} __attribute__((preserve_access_index));
+
+#define FG_SKB_CONSUMED 1 /* enum skb_drop_reason values <= 1 are not drops */
+
+SEC("tp_btf/kfree_skb")
+int fg_kfree_skb(__u64 *ctx)
+{
+	struct sk_buff *skb = (struct sk_buff *)ctx[0];
+	__u32 reason = (__u32)ctx[2];
+	struct fg_event *e;
+	unsigned char *head;
+	__u16 proto, nh, th;
+	__u8 l4;
+
+	if (reason <= FG_SKB_CONSUMED)
+		return 0;
+	proto = BPF_CORE_READ(skb, protocol);
+	if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6))
+		return 0;
+	head = BPF_CORE_READ(skb, head);
+	nh = BPF_CORE_READ(skb, network_header);
+	th = BPF_CORE_READ(skb, transport_header);
+
+	e = bpf_ringbuf_reserve(&fg_events, sizeof(*e), 0);
+	if (!e) {
+		fg_count(FG_CTR_RINGBUF_LOST);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->timestamp_ns = bpf_ktime_get_ns();
+	e->kind = FG_EVENT_DROP;
+	e->drop_reason = reason;
+	e->len = BPF_CORE_READ(skb, len);
+	e->key.ifindex = BPF_CORE_READ(skb, dev, ifindex);
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh) < 0)
+			goto out;
+		e->key.ip_version = FG_IPV4;
+		fg_map_v4(e->key.src_ip, ip.saddr);
+		fg_map_v4(e->key.dst_ip, ip.daddr);
+		l4 = ip.protocol;
+		/* transport_header is unset (~0) on some paths: derive it. */
+		if (th == 0xffff || th <= nh)
+			th = nh + ip.ihl * 4;
+	} else {
+		struct ipv6hdr ip6;
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh) < 0)
+			goto out;
+		e->key.ip_version = FG_IPV6;
+		__builtin_memcpy(e->key.src_ip, &ip6.saddr, 16);
+		__builtin_memcpy(e->key.dst_ip, &ip6.daddr, 16);
+		l4 = ip6.nexthdr;
+		if (th == 0xffff || th <= nh)
+			th = nh + sizeof(ip6);
+	}
+	e->key.protocol = l4;
+	if (l4 == IPPROTO_TCP || l4 == IPPROTO_UDP || l4 == IPPROTO_SCTP) {
+		__u8 ports[4];
+		if (bpf_probe_read_kernel(ports, sizeof(ports), head + th) == 0) {
+			e->key.src_port = ((__u16)ports[0] << 8) | ports[1];
+			e->key.dst_port = ((__u16)ports[2] << 8) | ports[3];
+		}
+		if (l4 == IPPROTO_TCP) {
+			__u8 flags;
+			if (bpf_probe_read_kernel(&flags, 1, head + th + 13) == 0)
+				e->tcp_flags = flags;
+		}
+	} else if (l4 == IPPROTO_ICMP || l4 == IPPROTO_ICMPV6) {
+		__u8 tc[2];
+		if (bpf_probe_read_kernel(tc, sizeof(tc), head + th) == 0) {
+			e->key.src_port = tc[0];
+			e->key.dst_port = tc[1];
+		}
+	}
+out:
+	fg_count(FG_CTR_DROPS);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,146 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/* Header parsing shared by the TC programs: Ethernet (+ up to two VLAN
+ * tags), IPv4, IPv6 (extension headers skipped), TCP, UDP, SCTP, ICMP,
+ * ICMPv6. Reads go through bpf_skb_load_bytes, so non-linear skbs parse too
+ * and the packet is never touched. */
+#ifndef FLOWGATE_PARSE_H
+#define FLOWGATE_PARSE_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "flowgate.h"
+
+#define FG_PARSE_OK 0
+#define FG_PARSE_NOT_IP 1
+#define FG_PARSE_TRUNCATED 2
+
+#ifndef IPPROTO_ICMPV6
+#define IPPROTO_ICMPV6 58
+#endif
+#define FG_NEXTHDR_HOP 0
+#define FG_NEXTHDR_ROUTING 43
+#define FG_NEXTHDR_FRAGMENT 44
+#define FG_NEXTHDR_AUTH 51
+#define FG_NEXTHDR_DEST 60
+#define FG_MAX_VLAN 2
+#define FG_MAX_EXT_HEADERS 6
+
+static __always_inline void fg_map_v4(__u8 *dst, __u32 addr)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, &addr, 4);
+}
+
+/* Fills key (addresses, ports, protocol, version) and *tcp_flags. */
+static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_flow_key *key, __u8 *tcp_flags)
+{
+	__u32 off = ETH_HLEN;
+	__u16 proto;
+	__u8 l4 = 0;
+	int fragment = 0;
+
+	if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0)
+		return FG_PARSE_TRUNCATED;
+#pragma unroll
+	for (int i = 0; i < FG_MAX_VLAN; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		/* VLAN tag: TCI (2 bytes), then the encapsulated EtherType. */
+		if (bpf_skb_load_bytes(skb, off + 2, &proto, sizeof(proto)) < 0)
+			return FG_PARSE_TRUNCATED;
+		off += 4;
+	}
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+			return FG_PARSE_TRUNCATED;
+		if (ip.ihl < 5)
+			return FG_PARSE_TRUNCATED;
+		key->ip_version = FG_IPV4;
+		fg_map_v4(key->src_ip, ip.saddr);
+		fg_map_v4(key->dst_ip, ip.daddr);
+		l4 = ip.protocol;
+		/* Non-first fragments carry no L4 header. */
+		fragment = (bpf_ntohs(ip.frag_off) & 0x1fff) != 0;
+		off += ip.ihl * 4;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+			return FG_PARSE_TRUNCATED;
+		key->ip_version = FG_IPV6;
+		__builtin_memcpy(key->src_ip, &ip6.saddr, 16);
+		__builtin_memcpy(key->dst_ip, &ip6.daddr, 16);
+		l4 = ip6.nexthdr;
+		off += sizeof(ip6);
+#pragma unroll
+		for (int i = 0; i < FG_MAX_EXT_HEADERS; i++) {
+			__u8 ext[2];
+			if (l4 != FG_NEXTHDR_HOP && l4 != FG_NEXTHDR_ROUTING && l4 != FG_NEXTHDR_DEST &&
+			    l4 != FG_NEXTHDR_FRAGMENT && l4 != FG_NEXTHDR_AUTH)
+				break;
+			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0)
+				return FG_PARSE_TRUNCATED;
+			if (l4 == FG_NEXTHDR_FRAGMENT) {
+				__u16 frag;
+				if (bpf_skb_load_bytes(skb, off + 2, &frag, sizeof(frag)) < 0)
+					return FG_PARSE_TRUNCATED;
+				fragment = (bpf_ntohs(frag) & 0xfff8) != 0;
+				off += 8;
+			} else if (l4 == FG_NEXTHDR_AUTH) {
+				off += ((__u32)ext[1] + 2) * 4;
+			} else {
+				off += ((__u32)ext[1] + 1) * 8;
+			}
+			l4 = ext[0];
+		}
+	} else {
+		return FG_PARSE_NOT_IP;
+	}
+
+	key->protocol = l4;
+	if (fragment)
+		return FG_PARSE_OK;
+	switch (l4) {
+	case IPPROTO_TCP: {
+		__u8 tcp[14];
+		if (bpf_skb_load_bytes(skb, off, tcp, sizeof(tcp)) < 0)
+			return FG_PARSE_TRUNCATED;
+		key->src_port = ((__u16)tcp[0] << 8) | tcp[1];
+		key->dst_port = ((__u16)tcp[2] << 8) | tcp[3];
+		*tcp_flags = tcp[13];
+		break;
+	}
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: {
+		__u8 ports[4];
+		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+			return FG_PARSE_TRUNCATED;
+		key->src_port = ((__u16)ports[0] << 8) | ports[1];
+		key->dst_port = ((__u16)ports[2] << 8) | ports[3];
+		break;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		__u8 tc[2];
+		if (bpf_skb_load_bytes(skb, off, tc, sizeof(tc)) < 0)
+			return FG_PARSE_TRUNCATED;
+		key->src_port = tc[0];
+		key->dst_port = tc[1];
+		break;
+	}
+	default:
+		break;
+	}
+	return FG_PARSE_OK;
+}
+
+#endif
