@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod explain;
+mod probe;
 
 /// Kubernetes flow observability and NetworkPolicy audit: see every flow,
 /// and why the policies in force allow or deny it.
@@ -18,6 +19,9 @@ struct Cli {
 enum Command {
     /// Decide whether NetworkPolicies allow a connection, and explain why.
     Explain(explain::Args),
+    /// Observe every packet on this node's pod interfaces with eBPF and
+    /// stream flow records to the collector (run as root, one per node).
+    Probe(probe::Args),
     // Subcommands of later parts are added here, one line each.
 }
 
@@ -26,6 +30,7 @@ fn main() -> std::process::ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Explain(args) => explain::run(args),
+        Command::Probe(args) => probe::run(args),
     };
     match result {
         Ok(code) => code,
@@ -34,6 +39,16 @@ fn main() -> std::process::ExitCode {
             eprintln!("flowgate: error: {err:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (how Kubernetes stops a pod).
+pub(crate) async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+        _ = term.recv() => tracing::info!("terminated: shutting down"),
     }
 }
 

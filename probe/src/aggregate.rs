@@ -1,0 +1,477 @@
+//! From kernel observations to flow records, one window at a time.
+//!
+//! Inputs: ring-buffer events (every packet in packet mode; new flows, TCP
+//! control packets and drops in both modes) and, in flow mode, snapshots of
+//! the kernel's cumulative flow table. Output at each window's end: one
+//! [`Flow`] per 5-tuple, interface and hook that saw packets, with the drops
+//! of that 5-tuple joined in (kernel fate), plus records for drops no
+//! observed flow explains.
+
+use std::net::IpAddr;
+
+use flowgate_ebpf::abi::{self, Event, FlowKey, FlowStats};
+use flowgate_proto::v1::{Direction, Flow, IpVersion, KernelFate, Protocol};
+use rustc_hash::FxHashMap;
+
+const TCP_SYN: u32 = 0x02;
+const TCP_ACK: u32 = 0x10;
+const TCP_CTRL: u32 = 0x01 | 0x02 | 0x04;
+
+/// Addresses, ports and protocol: what a drop and a flow share.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Tuple {
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+}
+
+impl Tuple {
+    fn of(k: &FlowKey) -> Self {
+        Tuple {
+            src: k.src_ip,
+            dst: k.dst_ip,
+            sport: k.src_port,
+            dport: k.dst_port,
+            proto: k.protocol,
+        }
+    }
+    fn reversed(&self) -> Self {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Default, Debug)]
+struct Acc {
+    packets: u64,
+    bytes: u64,
+    first_ns: u64,
+    last_ns: u64,
+    flags: u32,
+}
+
+impl Acc {
+    fn add(&mut self, packets: u64, bytes: u64, first: u64, last: u64, flags: u32) {
+        if self.packets == 0 || first < self.first_ns {
+            self.first_ns = first;
+        }
+        self.last_ns = self.last_ns.max(last);
+        self.packets += packets;
+        self.bytes += bytes;
+        self.flags |= flags;
+    }
+}
+
+#[derive(Clone, Default, Debug)]
+struct DropAcc {
+    packets: u64,
+    bytes: u64,
+    first_ns: u64,
+    last_ns: u64,
+    reason: u32,
+    ifindex: u32,
+    key: FlowKey,
+}
+
+/// What the kernel flow table held at the last export, per entry.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    packets: u64,
+    bytes: u64,
+    last_ns: u64,
+}
+
+/// Turns observations into flow records. Times are CLOCK_MONOTONIC inside,
+/// Unix time outside (`mono_to_unix_ns` is added on export).
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    node: String,
+    window: FxHashMap<FlowKey, Acc>,
+    drops: FxHashMap<Tuple, DropAcc>,
+    /// Flow mode: cumulative counts already exported, per kernel entry.
+    exported: FxHashMap<FlowKey, Seen>,
+    /// Whether a 5-tuple is the answer direction, decided at first sight.
+    orientation: FxHashMap<Tuple, (bool, u64)>,
+    /// Tuples seen on an observed interface recently, to keep drops that
+    /// concern observed traffic and set aside the node's other drops.
+    pub unrelated_drops: u64,
+}
+
+/// One exported window.
+#[derive(Debug, Default)]
+pub struct Window {
+    pub flows: Vec<Flow>,
+    /// Kernel flow-table entries idle long enough to delete.
+    pub idle: Vec<FlowKey>,
+}
+
+impl Aggregator {
+    pub fn new(node: String) -> Self {
+        Aggregator {
+            node,
+            ..Default::default()
+        }
+    }
+
+    /// A ring-buffer event.
+    pub fn event(&mut self, e: &Event) {
+        match e.kind {
+            abi::EVENT_PACKET => {
+                self.note_tuple(&e.key, e.tcp_flags.into(), e.timestamp_ns);
+                self.window.entry(e.key).or_default().add(
+                    1,
+                    e.len.into(),
+                    e.timestamp_ns,
+                    e.timestamp_ns,
+                    e.tcp_flags.into(),
+                );
+            }
+            // Flow mode: counts come from the table; the event gives the
+            // control flags of this window exactly and orients the tuple.
+            abi::EVENT_NEW_FLOW | abi::EVENT_TCP_CTRL => {
+                self.note_tuple(&e.key, e.tcp_flags.into(), e.timestamp_ns);
+                let acc = self.window.entry(e.key).or_default();
+                acc.flags |= u32::from(e.tcp_flags) & TCP_CTRL;
+            }
+            abi::EVENT_DROP => {
+                let t = Tuple::of(&e.key);
+                let d = self.drops.entry(t).or_insert_with(|| DropAcc {
+                    first_ns: e.timestamp_ns,
+                    key: e.key,
+                    ..Default::default()
+                });
+                d.packets += 1;
+                d.bytes += u64::from(e.len);
+                d.last_ns = e.timestamp_ns;
+                d.reason = e.drop_reason;
+                d.ifindex = e.key.ifindex;
+            }
+            _ => {}
+        }
+    }
+
+    fn note_tuple(&mut self, key: &FlowKey, flags: u32, ts: u64) {
+        let t = Tuple::of(key);
+        if self.orientation.contains_key(&t) {
+            return;
+        }
+        // A reply: the reverse was seen first, or a TCP SYN+ACK.
+        let reply = self
+            .orientation
+            .get(&t.reversed())
+            .is_some_and(|(_, first)| *first <= ts)
+            || (flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK);
+        self.orientation.insert(t, (reply, ts));
+    }
+
+    /// Flow mode: one entry of the kernel table (cumulative, summed over CPUs).
+    pub fn table_entry(
+        &mut self,
+        key: FlowKey,
+        total: FlowStats,
+        now_ns: u64,
+        idle_ns: u64,
+        idle: &mut Vec<FlowKey>,
+    ) {
+        let prev = self.exported.get(&key).copied();
+        let (dp, db) = match prev {
+            Some(p) => (
+                total.packets.saturating_sub(p.packets),
+                total.bytes.saturating_sub(p.bytes),
+            ),
+            None => (total.packets, total.bytes),
+        };
+        if dp > 0 {
+            if prev.is_none() {
+                self.note_tuple(&key, total.tcp_flags, total.first_seen_ns);
+            }
+            let first = match prev {
+                None => total.first_seen_ns,
+                Some(p) => p.last_ns.max(total.first_seen_ns),
+            };
+            // Non-control flags persist over the connection; control flags
+            // of later windows come from events (see `event`).
+            let flags = match prev {
+                None => total.tcp_flags,
+                Some(_) => total.tcp_flags & !TCP_CTRL,
+            };
+            self.window
+                .entry(key)
+                .or_default()
+                .add(dp, db, first, total.last_seen_ns, flags);
+        } else if now_ns.saturating_sub(total.last_seen_ns) > idle_ns {
+            idle.push(key);
+            self.exported.remove(&key);
+            return;
+        }
+        self.exported.insert(
+            key,
+            Seen {
+                packets: total.packets,
+                bytes: total.bytes,
+                last_ns: total.last_seen_ns,
+            },
+        );
+    }
+
+    /// Ends the window: flow records (Unix times), with drops joined.
+    pub fn flush(
+        &mut self,
+        mono_to_unix_ns: i128,
+        ifname: &dyn Fn(u32) -> String,
+        observed_ifindex: &dyn Fn(u32) -> bool,
+    ) -> Vec<Flow> {
+        let unix = |t: u64| (i128::from(t) + mono_to_unix_ns).max(0) as u64;
+        let mut flows = Vec::with_capacity(self.window.len());
+        let mut joined: Vec<Tuple> = Vec::new();
+        let mut early = Vec::new();
+        for (key, acc) in std::mem::take(&mut self.window) {
+            if acc.packets == 0 {
+                // Flow mode: an event that arrived after the table was read;
+                // its counts come with the next window.
+                early.push((key, acc));
+                continue;
+            }
+            let t = Tuple::of(&key);
+            let mut f = self.base_flow(&key, ifname);
+            f.first_seen_ns = unix(acc.first_ns);
+            f.last_seen_ns = unix(acc.last_ns);
+            f.packets = acc.packets;
+            f.bytes = acc.bytes;
+            f.tcp_flags = if key.protocol == 6 {
+                acc.flags & 0xff
+            } else {
+                0
+            };
+            f.is_reply = self.orientation.get(&t).is_some_and(|(r, _)| *r);
+            f.kernel_fate = KernelFate::Forwarded as i32;
+            if let Some(d) = self.drops.get(&t) {
+                f.kernel_fate = KernelFate::Dropped as i32;
+                f.drop_reason_code = d.reason;
+                f.dropped_packets = d.packets;
+                joined.push(t);
+            }
+            flows.push(f);
+        }
+        self.window.extend(early);
+        for (t, d) in std::mem::take(&mut self.drops) {
+            if joined.contains(&t) {
+                continue;
+            }
+            // A drop no observed flow explains: keep it if it concerns an
+            // observed interface or a tuple seen there; the node's other
+            // drops are counted and set aside.
+            if !observed_ifindex(d.ifindex) && !self.orientation.contains_key(&t) {
+                self.unrelated_drops += d.packets;
+                continue;
+            }
+            let mut f = self.base_flow(&d.key, ifname);
+            f.direction = Direction::Unspecified as i32;
+            f.first_seen_ns = unix(d.first_ns);
+            f.last_seen_ns = unix(d.last_ns);
+            f.packets = d.packets;
+            f.bytes = d.bytes;
+            f.is_reply = self.orientation.get(&t).is_some_and(|(r, _)| *r);
+            f.kernel_fate = KernelFate::Dropped as i32;
+            f.drop_reason_code = d.reason;
+            f.dropped_packets = d.packets;
+            flows.push(f);
+        }
+        // Forget orientations of tuples idle for 5 minutes.
+        if let Some(newest) = flows.iter().map(|f| f.last_seen_ns).max() {
+            let horizon = (i128::from(newest) - mono_to_unix_ns - 300_000_000_000).max(0) as u64;
+            self.orientation
+                .retain(|_, (_, first)| *first >= horizon || horizon == 0);
+        }
+        flows
+    }
+
+    fn base_flow(&self, key: &FlowKey, ifname: &dyn Fn(u32) -> String) -> Flow {
+        let (ipv, src, dst) = match key.ip_version {
+            abi::IPV4 => (
+                IpVersion::V4,
+                key.src_ip[12..].to_vec(),
+                key.dst_ip[12..].to_vec(),
+            ),
+            _ => (IpVersion::V6, key.src_ip.to_vec(), key.dst_ip.to_vec()),
+        };
+        // The host side of a pod veth: its ingress hook sees what the pod
+        // sends (the pod's egress), its egress hook what the pod receives.
+        let direction = match key.hook {
+            abi::HOOK_INGRESS => Direction::Egress,
+            abi::HOOK_EGRESS => Direction::Ingress,
+            _ => Direction::Unspecified,
+        };
+        let protocol = match (key.protocol, key.ip_version) {
+            (6, _) => Protocol::Tcp,
+            (17, _) => Protocol::Udp,
+            (132, _) => Protocol::Sctp,
+            (1, _) => Protocol::Icmp,
+            (58, _) => Protocol::Icmpv6,
+            _ => Protocol::Unspecified,
+        };
+        Flow {
+            node: self.node.clone(),
+            interface: ifname(key.ifindex),
+            ifindex: key.ifindex,
+            direction: direction as i32,
+            ip_version: ipv as i32,
+            src_ip: src,
+            dst_ip: dst,
+            protocol: protocol as i32,
+            src_port: key.src_port.into(),
+            dst_port: key.dst_port.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The address of raw proto bytes, for logs and tests.
+pub fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: u8, dst: u8, sport: u16, dport: u16, proto: u8, hook: u8) -> FlowKey {
+        let mut k = FlowKey {
+            src_port: sport,
+            dst_port: dport,
+            protocol: proto,
+            ip_version: abi::IPV4,
+            hook,
+            ifindex: 7,
+            ..Default::default()
+        };
+        k.src_ip[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, src]);
+        k.dst_ip[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, dst]);
+        k
+    }
+
+    fn ev(kind: u8, k: FlowKey, ts: u64, flags: u8) -> Event {
+        Event {
+            timestamp_ns: ts,
+            key: k,
+            len: 100,
+            kind,
+            tcp_flags: flags,
+            ..Default::default()
+        }
+    }
+
+    fn flush(a: &mut Aggregator) -> Vec<Flow> {
+        a.flush(1_000_000_000, &|i| format!("if{i}"), &|_| true)
+    }
+
+    #[test]
+    fn packet_mode_counts_every_packet_and_orients_replies() {
+        let mut a = Aggregator::new("n1".into());
+        let req = key(1, 2, 40000, 80, 6, abi::HOOK_INGRESS);
+        a.event(&ev(abi::EVENT_PACKET, req, 10, 0x02));
+        a.event(&ev(abi::EVENT_PACKET, req.reversed(), 11, 0x12));
+        a.event(&ev(abi::EVENT_PACKET, req, 12, 0x10));
+        let mut flows = flush(&mut a);
+        flows.sort_by_key(|f| f.first_seen_ns);
+        assert_eq!(flows.len(), 2);
+        assert_eq!(
+            (flows[0].packets, flows[0].bytes, flows[0].tcp_flags),
+            (2, 200, 0x12)
+        );
+        assert_eq!(
+            (flows[0].first_seen_ns, flows[0].last_seen_ns),
+            (1_000_000_010, 1_000_000_012)
+        );
+        assert!(!flows[0].is_reply);
+        assert!(flows[1].is_reply);
+        assert_eq!(flows[0].direction, Direction::Egress as i32);
+        assert_eq!(flows[0].interface, "if7");
+        assert_eq!(ip_of(&flows[0].src_ip).unwrap().to_string(), "10.0.0.1");
+        assert!(flush(&mut a).is_empty(), "a window is exported once");
+    }
+
+    #[test]
+    fn flow_mode_exports_deltas_and_evicts_idle_entries() {
+        let mut a = Aggregator::new("n1".into());
+        let k = key(1, 2, 5000, 53, 17, abi::HOOK_EGRESS);
+        let stats = |p: u64, last: u64| FlowStats {
+            packets: p,
+            bytes: p * 60,
+            first_seen_ns: 5,
+            last_seen_ns: last,
+            ..Default::default()
+        };
+        let mut idle = Vec::new();
+        a.table_entry(k, stats(3, 9), 10, 100, &mut idle);
+        let f = flush(&mut a);
+        assert_eq!(
+            (f[0].packets, f[0].bytes, f[0].direction),
+            (3, 180, Direction::Ingress as i32)
+        );
+        a.table_entry(k, stats(5, 20), 25, 100, &mut idle);
+        assert_eq!(flush(&mut a)[0].packets, 2);
+        a.table_entry(k, stats(5, 20), 50, 100, &mut idle);
+        assert!(flush(&mut a).is_empty());
+        assert!(idle.is_empty());
+        a.table_entry(k, stats(5, 20), 500, 100, &mut idle);
+        assert_eq!(idle, vec![k]);
+    }
+
+    #[test]
+    fn drops_join_their_flow_and_unexplained_ones_stand_alone() {
+        let mut a = Aggregator::new("n1".into());
+        let k = key(1, 2, 6000, 9, 17, abi::HOOK_EGRESS);
+        for ts in 1..=4 {
+            a.event(&ev(abi::EVENT_PACKET, k, ts, 0));
+            let mut d = ev(
+                abi::EVENT_DROP,
+                FlowKey {
+                    hook: 0,
+                    ifindex: 99,
+                    ..k
+                },
+                ts,
+                0,
+            );
+            d.drop_reason = 6;
+            a.event(&d);
+        }
+        // A drop of another tuple on an interface not observed: set aside.
+        a.event(&Event {
+            drop_reason: 2,
+            ..ev(
+                abi::EVENT_DROP,
+                FlowKey {
+                    ifindex: 99,
+                    ..key(7, 8, 1, 2, 6, 0)
+                },
+                5,
+                0,
+            )
+        });
+        let flows = a.flush(0, &|_| String::new(), &|i| i == 7);
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].kernel_fate, KernelFate::Dropped as i32);
+        assert_eq!(
+            (
+                flows[0].dropped_packets,
+                flows[0].drop_reason_code,
+                flows[0].packets
+            ),
+            (4, 6, 4)
+        );
+        assert_eq!(a.unrelated_drops, 1);
+    }
+}

@@ -1,0 +1,111 @@
+//! Checks that the probe can work here, and says exactly what is missing.
+
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error(
+        "missing capabilities: {missing} (run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
+    )]
+    Capabilities { missing: String },
+    #[error(
+        "tracefs is not mounted at /sys/kernel/tracing (mount it: `mount -t tracefs nodev /sys/kernel/tracing`)"
+    )]
+    NoTracefs,
+    #[error(
+        "kernel BTF not found at /sys/kernel/btf/vmlinux: the kernel needs CONFIG_DEBUG_INFO_BTF=y (Linux 5.5+)"
+    )]
+    NoBtf,
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Effective capabilities from /proc/self/status.
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn check() -> Result<(), PreflightError> {
+    let caps = effective_caps();
+    let missing: Vec<&str> = [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| caps & (1 << bit) == 0)
+    .map(|(_, name)| name)
+    .collect();
+    if !missing.is_empty() {
+        return Err(PreflightError::Capabilities {
+            missing: missing.join(", "),
+        });
+    }
+    if !Path::new("/sys/kernel/tracing/events").is_dir() {
+        return Err(PreflightError::NoTracefs);
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").is_file() {
+        return Err(PreflightError::NoBtf);
+    }
+    Ok(())
+}
+
+/// Names of the kernel's `enum skb_drop_reason`, read from the running
+/// kernel's tracepoint format (`__print_symbolic(REC->reason, { 2,
+/// "NOT_SPECIFIED" }, …)`), so they are right for this kernel.
+pub fn drop_reason_names() -> rustc_hash::FxHashMap<u32, String> {
+    let text = std::fs::read_to_string("/sys/kernel/tracing/events/skb/kfree_skb/format")
+        .unwrap_or_default();
+    parse_drop_reasons(&text)
+}
+
+fn parse_drop_reasons(format: &str) -> rustc_hash::FxHashMap<u32, String> {
+    let mut out = rustc_hash::FxHashMap::default();
+    let Some(start) = format.find("__print_symbolic(REC->reason") else {
+        return out;
+    };
+    for part in format[start..].split('{').skip(1) {
+        let Some((num, rest)) = part.split_once(',') else {
+            continue;
+        };
+        let Ok(n) = num.trim().parse::<u32>() else {
+            continue;
+        };
+        if let Some(name) = rest.split('"').nth(1) {
+            out.insert(n, name.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn drop_reasons_parse_from_the_tracepoint_format() {
+        let f = r#"print fmt: "skbaddr=%p reason: %s", REC->skbaddr, __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, { 6, "NETFILTER_DROP" }, { 77, "MAX" })"#;
+        let m = super::parse_drop_reasons(f);
+        assert_eq!(m.get(&6).map(String::as_str), Some("NETFILTER_DROP"));
+        assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn this_kernel_names_netfilter_drop() {
+        let names = super::drop_reason_names();
+        if names.is_empty() {
+            let msg = "!! SKIPPED: no kfree_skb tracepoint format (tracefs not mounted?)";
+            assert!(std::env::var_os("CI").is_none(), "{msg} (required in CI)");
+            eprintln!("{msg}");
+            return;
+        }
+        assert!(names.values().any(|n| n == "NETFILTER_DROP"), "{names:?}");
+    }
+}
