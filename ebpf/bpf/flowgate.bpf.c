@@ -42,6 +42,17 @@ struct {
 	__type(value, __u64);
 } fg_counters SEC(".maps");
 
+/* Waking the consumer costs far more than recording an event, so records
+ * are submitted without a wakeup until this much data waits; the probe also
+ * drains the ring every few milliseconds. */
+#define FG_WAKEUP_BYTES (256 * 1024)
+
+static __always_inline __u64 fg_wakeup(void)
+{
+	return bpf_ringbuf_query(&fg_events, BPF_RB_AVAIL_DATA) >= FG_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
+										   : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void fg_count(__u32 idx)
 {
 	__u64 *c = bpf_map_lookup_elem(&fg_counters, &idx);
@@ -64,7 +75,7 @@ static __always_inline void fg_emit(const struct fg_flow_key *key, __u64 now, __
 	e->tcp_flags = tcp_flags;
 	e->_pad = 0;
 	e->drop_reason = 0;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, fg_wakeup());
 }
 
 static __always_inline void fg_add(struct fg_flow_stats *s, __u64 now, __u32 len, __u8 tcp_flags)
@@ -236,7 +247,7 @@ int fg_kfree_skb(__u64 *ctx)
 	}
 out:
 	fg_count(FG_CTR_DROPS);
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, fg_wakeup());
 	return 0;
 }
 

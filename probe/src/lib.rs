@@ -60,6 +60,9 @@ pub enum ProbeError {
     RingBuf(std::io::Error),
 }
 
+/// How often the ring buffer is drained when the kernel does not wake us.
+const RING_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// What a run reports when it ends (also visible in metrics while it runs).
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
@@ -177,18 +180,18 @@ pub async fn run(
     let agg_rb = agg.clone();
     let reader = tokio::spawn(async move {
         loop {
-            let Ok(mut guard) = rb.readable_mut().await else {
-                return;
-            };
-            let rb = guard.get_inner_mut();
+            // The kernel wakes us only when much data waits (see
+            // FG_WAKEUP_BYTES); otherwise drain every few milliseconds.
+            if let Ok(Ok(mut ready)) = tokio::time::timeout(RING_POLL, rb.readable_mut()).await {
+                ready.clear_ready();
+            }
+            let ring = rb.get_mut();
             let mut agg = agg_rb.lock().unwrap();
-            while let Some(item) = rb.next() {
+            while let Some(item) = ring.next() {
                 if let Some(e) = Event::from_bytes(&item) {
                     agg.event(&e);
                 }
             }
-            drop(agg);
-            guard.clear_ready();
         }
     });
 

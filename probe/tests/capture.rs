@@ -5,211 +5,18 @@
 //! granularities: exact 5-tuples, directions, counts, flags, and the drop
 //! with reason NETFILTER_DROP. Needs root; under CI it is never skipped.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::pin::Pin;
-use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowgate_probe::config::GranularityArg;
 use flowgate_probe::{Config, metrics::Metrics};
-use flowgate_proto::v1::flow_ingest_server::{FlowIngest, FlowIngestServer};
-use flowgate_proto::v1::{AckStatus, BatchAck, Direction, Flow, FlowBatch, KernelFate, Protocol};
-use tokio_stream::{Stream, StreamExt};
-
-// ---------- the test's collector: records every batch, acknowledges it ----------
-
-#[derive(Clone, Default)]
-struct Receiver {
-    flows: Arc<Mutex<Vec<Flow>>>,
-    batches: Arc<Mutex<Vec<(String, u64)>>>,
-}
-
-#[tonic::async_trait]
-impl FlowIngest for Receiver {
-    type StreamStream = Pin<Box<dyn Stream<Item = Result<BatchAck, tonic::Status>> + Send>>;
-
-    async fn stream(
-        &self,
-        request: tonic::Request<tonic::Streaming<FlowBatch>>,
-    ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let me = self.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(batch)) = inbound.next().await {
-                let ack = me.store(batch);
-                if tx.send(Ok(ack)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(tonic::Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
-    }
-
-    async fn push(
-        &self,
-        request: tonic::Request<FlowBatch>,
-    ) -> Result<tonic::Response<BatchAck>, tonic::Status> {
-        Ok(tonic::Response::new(self.store(request.into_inner())))
-    }
-}
-
-impl Receiver {
-    fn store(&self, batch: FlowBatch) -> BatchAck {
-        self.batches
-            .lock()
-            .unwrap()
-            .push((batch.probe_id.clone(), batch.sequence));
-        self.flows.lock().unwrap().extend(batch.flows);
-        BatchAck {
-            probe_id: batch.probe_id,
-            sequence: batch.sequence,
-            status: AckStatus::Stored as i32,
-            ..Default::default()
-        }
-    }
-}
-
-// ---------- "pods": network namespaces on a bridge, removed on drop ----------
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-struct Pods {
-    id: u32,
-}
-
-impl Pods {
-    fn bridge(&self) -> String {
-        format!("fgb{}", self.id)
-    }
-    fn ns(&self, pod: char) -> String {
-        format!("fgt{}{pod}", self.id)
-    }
-    fn veth(&self, pod: char) -> String {
-        format!("fgv{}{pod}", self.id)
-    }
-    fn v4(&self, host: u8) -> IpAddr {
-        format!("10.77.{}.{host}", self.id).parse().unwrap()
-    }
-    fn v6(&self, host: u8) -> IpAddr {
-        format!("fd77:{}::{host}", self.id).parse().unwrap()
-    }
-
-    fn create(id: u32) -> Pods {
-        let p = Pods { id };
-        p.remove(); // leftovers of a killed run
-        sh(&["ip", "link", "add", &p.bridge(), "type", "bridge"]);
-        sh(&["ip", "link", "set", &p.bridge(), "up"]);
-        for (pod, host) in [('a', 1u8), ('b', 2u8)] {
-            let ns = p.ns(pod);
-            sh(&["ip", "netns", "add", &ns]);
-            sh(&[
-                "ip",
-                "link",
-                "add",
-                &p.veth(pod),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &ns,
-            ]);
-            sh(&[
-                "ip",
-                "link",
-                "set",
-                &p.veth(pod),
-                "master",
-                &p.bridge(),
-                "up",
-            ]);
-            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", p.v4(host)),
-                "dev",
-                "eth0",
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/64", p.v6(host)),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
-            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-        }
-        // The "CNI": pod b drops UDP port 7009.
-        let nsb = p.ns('b');
-        for cmd in [
-            "add table inet fgtest",
-            "add chain inet fgtest input { type filter hook input priority 0 ; }",
-            "add rule inet fgtest input udp dport 7009 drop",
-        ] {
-            sh(&["ip", "netns", "exec", &nsb, "nft", cmd]);
-        }
-        p
-    }
-
-    fn remove(&self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge()])
-            .output();
-        for pod in ['a', 'b'] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(pod)])
-                .output();
-        }
-    }
-
-    /// Runs `f` on a thread inside the pod's network namespace.
-    fn run_in<T: Send + 'static>(
-        &self,
-        pod: char,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.ns(pod));
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns on this thread only; the fd is valid for the call.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-            f()
-        })
-    }
-}
-
-impl Drop for Pods {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
+use flowgate_proto::v1::{Direction, Flow, KernelFate, Protocol};
+use support::{Pods, Receiver, attached, sh};
 
 // ---------- traffic ----------
 
@@ -351,8 +158,7 @@ const EGRESS: i32 = Direction::Egress as i32;
 const INGRESS: i32 = Direction::Ingress as i32;
 
 fn run(granularity: GranularityArg, id: u32) {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !support::is_root() {
         let msg = "!! SKIPPED probe capture test: needs root (eBPF, network namespaces, nftables)";
         assert!(std::env::var_os("CI").is_none(), "{msg}; required in CI");
         eprintln!("{msg}");
@@ -361,18 +167,7 @@ fn run(granularity: GranularityArg, id: u32) {
     let pods = Pods::create(id);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let receiver = Receiver::default();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server_recv = receiver.clone();
-    rt.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(FlowIngestServer::new(server_recv))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
+    let addr = support::serve(&rt, &receiver);
 
     let config = Config {
         collector: format!("http://{addr}"),
@@ -568,21 +363,6 @@ fn run(granularity: GranularityArg, id: u32) {
             pods.veth(pod)
         );
     }
-}
-
-/// Programs the kernel has attached to the interface's TCX hooks (this
-/// Debian's bpftool predates TCX and does not list them).
-fn attached(interface: &str) -> Vec<String> {
-    use aya::programs::{SchedClassifier, TcAttachType};
-    [TcAttachType::Ingress, TcAttachType::Egress]
-        .into_iter()
-        .flat_map(|hook| {
-            SchedClassifier::query_tcx(interface, hook)
-                .map(|(_, p)| p)
-                .unwrap_or_default()
-        })
-        .map(|info| String::from_utf8_lossy(info.name()).into_owned())
-        .collect()
 }
 
 fn dump(m: &BTreeMap<FlowId, Seen>) -> String {

@@ -1,0 +1,214 @@
+//! Floods a pod veth with small UDP packets and measures what the probe
+//! counts, what it loses, and what its eBPF programs cost per packet
+//! (the kernel's own run-time statistics, kernel.bpf_stats_enabled).
+//!
+//! Run as root: `cargo bench -p flowgate-probe --bench flood`
+//! Flow mode runs at the highest rate this machine offers; packet mode at
+//! rising rates, to find where ring-buffer losses begin.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use flowgate_probe::config::GranularityArg;
+use flowgate_probe::{Config, metrics::Metrics};
+use flowgate_proto::v1::Direction;
+use support::{Pods, Receiver};
+
+const PORT: u16 = 9000;
+const BATCH: usize = 64;
+const PAYLOAD: usize = 18; // 60-byte frames on the wire
+const RUN: Duration = Duration::from_secs(2);
+
+/// Sends for `RUN` at `rate` packets/s (None: as fast as possible) with
+/// sendmmsg. Returns (packets sent, seconds).
+fn send(pods: &Pods, dst: IpAddr, src_port: u16, rate: Option<u64>) -> (u64, f64) {
+    pods.run_in('a', move || {
+        let s = UdpSocket::bind(("0.0.0.0", src_port)).unwrap();
+        s.connect(SocketAddr::new(dst, PORT)).unwrap();
+        let payload = [0x5au8; PAYLOAD];
+        let mut iov: Vec<libc::iovec> = (0..BATCH)
+            .map(|_| libc::iovec {
+                iov_base: payload.as_ptr() as *mut _,
+                iov_len: PAYLOAD,
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iov
+            .iter_mut()
+            .map(|v| {
+                // SAFETY: an all-zero msghdr is valid; we set the iovec.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = v;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < RUN {
+            if let Some(r) = rate {
+                let due = Duration::from_secs_f64(sent as f64 / r as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            // SAFETY: msgs points at BATCH valid headers whose iovecs point at `payload`.
+            let n = unsafe { libc::sendmmsg(s.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
+            if n > 0 {
+                sent += n as u64;
+            }
+        }
+        (sent, start.elapsed().as_secs_f64())
+    })
+    .join()
+    .unwrap()
+}
+
+/// Drains the destination socket so the receiver does not drop.
+fn receive(pods: &Pods, at: IpAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    pods.run_in('b', move || {
+        let s = UdpSocket::bind(SocketAddr::new(at, PORT)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let big: libc::c_int = 64 << 20;
+        // SAFETY: setsockopt with a valid int option.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&big as *const libc::c_int).cast(),
+                4,
+            );
+        }
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if s.recv(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        got
+    })
+}
+
+/// Total run time and run count of our TC programs (bpf_stats).
+fn bpf_stats() -> (u64, u64) {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| matches!(p.name(), b"fg_tc_ingress" | b"fg_tc_egress"))
+        .fold((0, 0), |(t, c), p| {
+            (t + p.run_time().as_nanos() as u64, c + p.run_count())
+        })
+}
+
+fn main() {
+    if !support::is_root() {
+        eprintln!("!! flood benchmark NOT RUN: it needs root (eBPF, network namespaces)");
+        std::process::exit(1);
+    }
+    let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
+    let stats_before = std::fs::read_to_string(stats_path).unwrap_or_else(|_| "0".into());
+    std::fs::write(stats_path, "1").expect("enable kernel.bpf_stats_enabled");
+
+    let pods = Pods::create(240);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Receiver::default();
+    let addr = support::serve(&rt, &receiver);
+    let (dst, veth) = (pods.v4(2), pods.veth('a'));
+    println!(
+        "flowgate probe flood benchmark: UDP {PAYLOAD}-byte payloads, {BATCH} per sendmmsg, {}s per run, 2 cores",
+        RUN.as_secs()
+    );
+    println!(
+        "{:<7} {:>12} {:>14} {:>14} {:>10} {:>12}",
+        "mode", "target pps", "offered pps", "counted pps", "lost", "ns/packet"
+    );
+
+    let mut src_port = 20000;
+    for (mode, rates) in [
+        (GranularityArg::Flow, vec![None]),
+        (
+            GranularityArg::Packet,
+            vec![Some(250_000), Some(500_000), Some(1_000_000), None],
+        ),
+    ] {
+        let config = Config {
+            collector: format!("http://{addr}"),
+            interfaces: vec![veth.clone()],
+            granularity: mode,
+            export_interval: Duration::from_millis(500),
+            metrics_listen: "127.0.0.1:0".parse().unwrap(),
+            node_name: Some("bench".into()),
+            max_batch_flows: 1000,
+            buffer_records: 1_000_000,
+            flow_idle_timeout: Duration::from_secs(30),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let probe = rt.spawn(flowgate_probe::run(
+            config,
+            metrics.clone(),
+            move |a| ready_tx.send(a).unwrap(),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("probe ready");
+
+        for rate in rates {
+            src_port += 1;
+            let stop = Arc::new(AtomicBool::new(false));
+            let rx = receive(&pods, dst, stop.clone());
+            std::thread::sleep(Duration::from_millis(100));
+            let (lost0, (t0, c0)) = (metrics.ringbuf_lost.get(), bpf_stats());
+            let (sent, secs) = send(&pods, dst, src_port, rate);
+            let (t1, c1) = bpf_stats();
+            // Let the probe export the last windows.
+            std::thread::sleep(Duration::from_millis(1500));
+            stop.store(true, Ordering::Relaxed);
+            rx.join().unwrap();
+            let counted: u64 = receiver
+                .flows
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|f| {
+                    f.src_port == u32::from(src_port)
+                        && f.direction == Direction::Egress as i32
+                        && f.interface == veth
+                })
+                .map(|f| f.packets)
+                .sum();
+            let lost = metrics.ringbuf_lost.get() - lost0;
+            let ns = if c1 > c0 {
+                (t1 - t0) as f64 / (c1 - c0) as f64
+            } else {
+                f64::NAN
+            };
+            println!(
+                "{:<7} {:>12} {:>14.0} {:>14.0} {:>10} {:>12.1}",
+                format!("{mode:?}").to_lowercase(),
+                rate.map_or("max".to_string(), |r| r.to_string()),
+                sent as f64 / secs,
+                counted as f64 / secs,
+                lost,
+                ns
+            );
+            if mode == GranularityArg::Flow && counted != sent {
+                println!("  !! flow mode counted {counted} of {sent} packets sent");
+            }
+        }
+        stop_tx.send(()).unwrap();
+        rt.block_on(probe).unwrap().expect("probe ran");
+    }
+    let _ = AtomicU64::new(0);
+    std::fs::write(stats_path, stats_before.trim()).ok();
+}
