@@ -10,6 +10,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -384,4 +385,173 @@ fn flow_granularity_on_the_real_kernel() {
 #[test]
 fn packet_granularity_on_the_real_kernel() {
     run(GranularityArg::Packet, test_id(1));
+}
+
+fn config(collector: String, interfaces: Vec<String>) -> Config {
+    Config {
+        collector,
+        interfaces,
+        granularity: GranularityArg::Flow,
+        export_interval: Duration::from_millis(200),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        node_name: Some("test-node".into()),
+        max_batch_flows: 1000,
+        buffer_records: 100_000,
+        flow_idle_timeout: Duration::from_secs(30),
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Interfaces created after the probe started are observed within moments,
+/// and vanishing ones are let go, without restarting anything.
+#[test]
+fn follows_interfaces_that_appear_and_vanish() {
+    if !support::is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root; required in CI"
+        );
+        eprintln!("!! SKIPPED interface-following test: needs root");
+        return;
+    }
+    let id = test_id(2);
+    let (host, peer) = (format!("fgw{id}x"), format!("fgw{id}y"));
+    let _ = Command::new("ip").args(["link", "del", &host]).output();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Receiver::default();
+    let addr = support::serve(&rt, &receiver);
+    let metrics = Arc::new(Metrics::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let cfg = config(format!("http://{addr}"), vec![format!("fgw{id}*")]);
+    let probe = rt.spawn(flowgate_probe::run(
+        cfg,
+        metrics.clone(),
+        move |a| ready_tx.send(a).unwrap(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("probe ready");
+    assert_eq!(metrics.interfaces.get(), 0);
+
+    sh(&[
+        "ip", "link", "add", &host, "type", "veth", "peer", "name", &peer,
+    ]);
+    wait_until(
+        "the new veth pair is observed",
+        Duration::from_secs(3),
+        || attached(&host).len() == 2 && attached(&peer).len() == 2,
+    );
+    wait_until(
+        "metrics count both interfaces",
+        Duration::from_secs(3),
+        || metrics.interfaces.get() == 2,
+    );
+    sh(&["ip", "link", "del", &host]);
+    wait_until(
+        "the vanished pair is let go",
+        Duration::from_secs(3),
+        || metrics.interfaces.get() == 0,
+    );
+
+    stop_tx.send(()).unwrap();
+    rt.block_on(probe).unwrap().expect("probe ran");
+}
+
+/// While the collector is away, flows wait in the buffer; when it comes
+/// back they are delivered once, none lost, none twice.
+#[test]
+fn buffers_while_the_collector_is_away() {
+    if !support::is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root; required in CI"
+        );
+        eprintln!("!! SKIPPED collector-away test: needs root");
+        return;
+    }
+    let pods = Pods::create(test_id(3));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A free port where nothing listens yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = Arc::new(Metrics::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let cfg = config(format!("http://127.0.0.1:{port}"), vec![pods.veth('a')]);
+    let probe = rt.spawn(flowgate_probe::run(
+        cfg,
+        metrics.clone(),
+        move |a| ready_tx.send(a).unwrap(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("probe ready");
+
+    let client_port = udp_echo(&pods, pods.v4(2));
+    wait_until("records wait in the buffer", Duration::from_secs(5), || {
+        metrics.buffer_records.get() > 0
+    });
+    assert!(metrics.reconnects.get() > 0, "the probe kept trying");
+
+    // The collector comes up on that port.
+    let receiver = Receiver::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+        .unwrap();
+    let r = receiver.clone();
+    rt.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(flowgate_proto::v1::flow_ingest_server::FlowIngestServer::new(r))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    wait_until("the buffer drains", Duration::from_secs(20), || {
+        metrics.buffer_records.get() == 0
+    });
+    stop_tx.send(()).unwrap();
+    let summary = rt.block_on(probe).unwrap().expect("probe ran");
+    assert_eq!(
+        (
+            summary.buffer_overflow_records,
+            summary.unacknowledged_records
+        ),
+        (0, 0)
+    );
+
+    let seen = summarize(&receiver.flows.lock().unwrap());
+    let (a, b, va) = (pods.v4(1), pods.v4(2), pods.veth('a'));
+    let udp = Protocol::Udp as i32;
+    let out = seen[&(
+        a,
+        b,
+        client_port.into(),
+        UDP_PORT.into(),
+        udp,
+        EGRESS,
+        va.clone(),
+    )];
+    let back = seen[&(b, a, UDP_PORT.into(), client_port.into(), udp, INGRESS, va)];
+    assert_eq!(
+        (out.packets, back.packets),
+        (3, 3),
+        "delivered once, nothing lost"
+    );
 }
