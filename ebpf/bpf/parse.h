@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /* Header parsing shared by the TC programs: Ethernet (+ up to two VLAN
  * tags), IPv4, IPv6 (extension headers skipped), TCP, UDP, SCTP, ICMP,
- * ICMPv6. Reads go through bpf_skb_load_bytes, so non-linear skbs parse too
- * and the packet is never touched. */
+ * ICMPv6. Reads come from the linear data when possible and through
+ * bpf_skb_load_bytes otherwise, so non-linear skbs parse too; the packet is
+ * never touched. */
 #ifndef FLOWGATE_PARSE_H
 #define FLOWGATE_PARSE_H
 
@@ -39,6 +40,21 @@ static __always_inline void fg_map_v4(__u8 *dst, __u32 addr)
 	__builtin_memcpy(dst + 12, &addr, 4);
 }
 
+/* Copies len bytes at off: straight from the linear packet data when they
+ * lie there (no helper call: the common case), else through
+ * bpf_skb_load_bytes (non-linear skbs). The packet is never written. */
+static __always_inline int fg_load(struct __sk_buff *skb, __u32 off, void *dst, __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (off < 512 && data + off + len <= end) {
+		__builtin_memcpy(dst, data + off, len);
+		return 0;
+	}
+	return bpf_skb_load_bytes(skb, off, dst, len);
+}
+
 /* Fills key (addresses, ports, protocol, version) and *tcp_flags. */
 static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_flow_key *key, __u8 *tcp_flags)
 {
@@ -47,21 +63,21 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_flow_key *k
 	__u8 l4 = 0;
 	int fragment = 0;
 
-	if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0)
+	if (fg_load(skb, 12, &proto, sizeof(proto)) < 0)
 		return FG_PARSE_TRUNCATED;
 #pragma unroll
 	for (int i = 0; i < FG_MAX_VLAN; i++) {
 		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
 			break;
 		/* VLAN tag: TCI (2 bytes), then the encapsulated EtherType. */
-		if (bpf_skb_load_bytes(skb, off + 2, &proto, sizeof(proto)) < 0)
+		if (fg_load(skb, off + 2, &proto, sizeof(proto)) < 0)
 			return FG_PARSE_TRUNCATED;
 		off += 4;
 	}
 
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
-		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+		if (fg_load(skb, off, &ip, sizeof(ip)) < 0)
 			return FG_PARSE_TRUNCATED;
 		if (ip.ihl < 5)
 			return FG_PARSE_TRUNCATED;
@@ -74,7 +90,7 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_flow_key *k
 		off += ip.ihl * 4;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+		if (fg_load(skb, off, &ip6, sizeof(ip6)) < 0)
 			return FG_PARSE_TRUNCATED;
 		key->ip_version = FG_IPV6;
 		__builtin_memcpy(key->src_ip, &ip6.saddr, 16);
@@ -87,11 +103,11 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_flow_key *k
 			if (l4 != FG_NEXTHDR_HOP && l4 != FG_NEXTHDR_ROUTING && l4 != FG_NEXTHDR_DEST &&
 			    l4 != FG_NEXTHDR_FRAGMENT && l4 != FG_NEXTHDR_AUTH)
 				break;
-			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0)
+			if (fg_load(skb, off, ext, sizeof(ext)) < 0)
 				return FG_PARSE_TRUNCATED;
 			if (l4 == FG_NEXTHDR_FRAGMENT) {
 				__u16 frag;
-				if (bpf_skb_load_bytes(skb, off + 2, &frag, sizeof(frag)) < 0)
+				if (fg_load(skb, off + 2, &frag, sizeof(frag)) < 0)
 					return FG_PARSE_TRUNCATED;
 				fragment = (bpf_ntohs(frag) & 0xfff8) != 0;
 				off += 8;
@@ -112,7 +128,7 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_flow_key *k
 	switch (l4) {
 	case IPPROTO_TCP: {
 		__u8 tcp[14];
-		if (bpf_skb_load_bytes(skb, off, tcp, sizeof(tcp)) < 0)
+		if (fg_load(skb, off, tcp, sizeof(tcp)) < 0)
 			return FG_PARSE_TRUNCATED;
 		key->src_port = ((__u16)tcp[0] << 8) | tcp[1];
 		key->dst_port = ((__u16)tcp[2] << 8) | tcp[3];
@@ -122,7 +138,7 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_flow_key *k
 	case IPPROTO_UDP:
 	case IPPROTO_SCTP: {
 		__u8 ports[4];
-		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+		if (fg_load(skb, off, ports, sizeof(ports)) < 0)
 			return FG_PARSE_TRUNCATED;
 		key->src_port = ((__u16)ports[0] << 8) | ports[1];
 		key->dst_port = ((__u16)ports[2] << 8) | ports[3];
@@ -131,7 +147,7 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_flow_key *k
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6: {
 		__u8 tc[2];
-		if (bpf_skb_load_bytes(skb, off, tc, sizeof(tc)) < 0)
+		if (fg_load(skb, off, tc, sizeof(tc)) < 0)
 			return FG_PARSE_TRUNCATED;
 		key->src_port = tc[0];
 		key->dst_port = tc[1];
