@@ -99,9 +99,15 @@ pub struct Aggregator {
     exported: FxHashMap<FlowKey, Seen>,
     /// Whether a 5-tuple is the answer direction, decided at first sight.
     orientation: FxHashMap<Tuple, (bool, u64)>,
-    /// Tuples seen on an observed interface recently, to keep drops that
-    /// concern observed traffic and set aside the node's other drops.
+    /// Drops neither on an observed interface nor of an observed tuple:
+    /// the node's other traffic, counted and not exported.
     pub unrelated_drops: u64,
+    /// Flow mode: kernel entries that vanished without the probe removing
+    /// them (the LRU table evicted them under pressure; their packets since
+    /// the last export are lost, and counted here).
+    pub table_evictions: u64,
+    /// Flow mode: entries present in the table during the current read.
+    table_seen: rustc_hash::FxHashSet<FlowKey>,
 }
 
 /// One exported window.
@@ -171,6 +177,15 @@ impl Aggregator {
         self.orientation.insert(t, (reply, ts));
     }
 
+    /// Flow mode: the end of one read of the kernel table. Entries exported
+    /// before and absent now were evicted by the kernel.
+    pub fn table_read_done(&mut self) {
+        let seen = std::mem::take(&mut self.table_seen);
+        let before = self.exported.len();
+        self.exported.retain(|k, _| seen.contains(k));
+        self.table_evictions += (before - self.exported.len()) as u64;
+    }
+
     /// Flow mode: one entry of the kernel table (cumulative, summed over CPUs).
     pub fn table_entry(
         &mut self,
@@ -181,6 +196,7 @@ impl Aggregator {
         idle: &mut Vec<FlowKey>,
     ) {
         let prev = self.exported.get(&key).copied();
+        self.table_seen.insert(key);
         let (dp, db) = match prev {
             Some(p) => (
                 total.packets.saturating_sub(p.packets),
@@ -427,6 +443,32 @@ mod tests {
         assert!(idle.is_empty());
         a.table_entry(k, stats(5, 20), 500, 100, &mut idle);
         assert_eq!(idle, vec![k]);
+        a.table_read_done();
+        assert_eq!(a.table_evictions, 0, "removed by the probe, not evicted");
+    }
+
+    #[test]
+    fn entries_the_kernel_evicts_are_counted() {
+        let mut a = Aggregator::new("n1".into());
+        let (k1, k2) = (
+            key(1, 2, 1, 1, 17, abi::HOOK_EGRESS),
+            key(1, 2, 2, 2, 17, abi::HOOK_EGRESS),
+        );
+        let s = FlowStats {
+            packets: 1,
+            bytes: 60,
+            first_seen_ns: 1,
+            last_seen_ns: 1,
+            ..Default::default()
+        };
+        let mut idle = Vec::new();
+        a.table_entry(k1, s, 2, 1_000, &mut idle);
+        a.table_entry(k2, s, 2, 1_000, &mut idle);
+        a.table_read_done();
+        // Next read: k2 is gone although it was not idle.
+        a.table_entry(k1, s, 3, 1_000, &mut idle);
+        a.table_read_done();
+        assert_eq!(a.table_evictions, 1);
     }
 
     #[test]

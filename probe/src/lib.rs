@@ -228,11 +228,12 @@ pub async fn run(
         mono_to_unix_ns() / 1_000_000_000
     );
     let lost_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (lost_l, buffer_l) = (lost_total.clone(), buffer.clone());
+    let evictions = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (lost_l, buffer_l, evictions_l) = (lost_total.clone(), buffer.clone(), evictions.clone());
     let losses: export::Losses = Arc::new(move || LossReport {
         ringbuf_lost_events: lost_l.load(std::sync::atomic::Ordering::Relaxed),
         buffer_overflow_records: buffer_l.lock().unwrap().overflow_records,
-        flow_table_evictions: 0,
+        flow_table_evictions: evictions_l.load(std::sync::atomic::Ordering::Relaxed),
     });
     let exporter = tokio::spawn(
         export::Exporter {
@@ -280,6 +281,15 @@ pub async fn run(
             tracing::warn!(
                 lost = lost - prev,
                 "ring buffer full: events lost (counted)"
+            );
+        }
+        let evicted = agg.lock().unwrap().table_evictions;
+        let prev = evictions.swap(evicted, std::sync::atomic::Ordering::Relaxed);
+        if evicted > prev {
+            metrics.flow_table_evictions.inc_by(evicted - prev);
+            tracing::warn!(
+                entries = evicted - prev,
+                "kernel flow table full: entries evicted before export (counted)"
             );
         }
         summary.flows_exported += flows.len() as u64;
@@ -361,6 +371,7 @@ fn export_window(
                 &mut idle,
             );
         }
+        agg.table_read_done();
         for k in idle {
             let _ = table.remove(&k);
         }

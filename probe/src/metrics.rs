@@ -26,6 +26,7 @@ pub struct Metrics {
     pub ringbuf_lost: Counter,
     pub kernel_drops: Family<ReasonLabel, Counter>,
     pub unrelated_drops: Counter,
+    pub flow_table_evictions: Counter,
     pub batches_sent: Counter,
     pub batches_acked: Counter,
     pub batches_rejected: Counter,
