@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod explain;
 mod probe;
 
@@ -22,6 +23,9 @@ enum Command {
     /// Observe every packet on this node's pod interfaces with eBPF and
     /// stream flow records to the collector (run as root, one per node).
     Probe(probe::Args),
+    /// Build a small cluster in network namespaces, enforce its policies with
+    /// nftables, and watch flowgate observe it (run as root).
+    Demo(demo::Args),
     // Subcommands of later parts are added here, one line each.
 }
 
@@ -30,6 +34,7 @@ fn main() -> std::process::ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Explain(args) => explain::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Probe(args) => probe::run(args),
     };
     match result {

@@ -8,10 +8,12 @@
 //! ([`topology::Topology`]: a netns per pod, routed through a node netns),
 //! enforced by nftables rules compiled from the same engine model
 //! ([`nft::compile`]), and exercised by [`traffic`] (servers in every pod and
-//! external address, clients generating TCP, UDP and ICMP).
+//! external address, clients generating TCP, UDP and ICMP); [`run::Demo`]
+//! adds the real collector and probe and keeps traffic flowing.
 
 mod error;
 pub mod nft;
+pub mod run;
 pub mod scenario;
 pub mod topology;
 pub mod traffic;

@@ -28,6 +28,13 @@ pub const NODE_NS: &str = "fg-node";
 pub const EXTERNAL_NS: &str = "fg-ext";
 /// The node-side interface towards the external namespace.
 pub const EXTERNAL_LINK: &str = "fg-ext";
+/// The veth from the host's namespace to the node's, which carries only the
+/// probe's gRPC stream to the collector and the probe's metrics.
+pub const UPLINK_HOST: &str = "fg-uplink";
+pub const UPLINK_NODE: &str = "fg-uplink0";
+/// The host's and the node's address on the uplink (link-local, unrouted).
+pub const UPLINK_HOST_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 77, 1);
+pub const UPLINK_NODE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 77, 2);
 /// Prefix of every pod's node-side interface: `fg-v<index>`.
 pub const POD_LINK_PREFIX: &str = "fg-v";
 
@@ -101,6 +108,11 @@ pub fn remove_leftovers() -> Result<usize, DemoError> {
         ip(&["netns", "delete", name])?;
         removed += 1;
     }
+    // Normally gone with fg-node; a half-built run may leave it alone.
+    if ip(&["link", "show", UPLINK_HOST]).is_ok() {
+        ip(&["link", "delete", UPLINK_HOST])?;
+        removed += 1;
+    }
     Ok(removed)
 }
 
@@ -108,12 +120,14 @@ pub fn remove_leftovers() -> Result<usize, DemoError> {
 #[derive(Debug)]
 pub struct Topology {
     namespaces: Vec<String>,
+    uplink: bool,
 }
 
 impl Topology {
     pub fn build(placed: &Placed) -> Result<Topology, DemoError> {
         let mut topo = Topology {
             namespaces: Vec::new(),
+            uplink: false,
         };
         let node_ip = placed.node_ip.to_string();
         topo.add_ns(NODE_NS)?;
@@ -146,6 +160,42 @@ impl Topology {
             topo.link(EXTERNAL_NS, EXTERNAL_LINK, &node_ip, &addrs)?;
         }
         Ok(topo)
+    }
+
+    /// Connects the host's namespace to the node's (see [`UPLINK_HOST`]).
+    /// Deleting the node namespace deletes the pair.
+    pub fn add_uplink(&mut self) -> Result<(), DemoError> {
+        ip(&[
+            "link",
+            "add",
+            UPLINK_HOST,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            UPLINK_NODE,
+            "netns",
+            NODE_NS,
+        ])?;
+        self.uplink = true;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{UPLINK_HOST_IP}/30"),
+            "dev",
+            UPLINK_HOST,
+        ])?;
+        ip(&["link", "set", UPLINK_HOST, "up"])?;
+        ip(&[
+            "-n",
+            NODE_NS,
+            "addr",
+            "add",
+            &format!("{UPLINK_NODE_IP}/30"),
+            "dev",
+            UPLINK_NODE,
+        ])?;
+        ip(&["-n", NODE_NS, "link", "set", UPLINK_NODE, "up"])
     }
 
     fn add_ns(&mut self, name: &str) -> Result<(), DemoError> {
@@ -211,6 +261,13 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        // Deleted with fg-node too, but only once the kernel's namespace
+        // cleanup runs; delete it now so the host is clean on return.
+        if self.uplink
+            && let Err(e) = ip(&["link", "delete", UPLINK_HOST])
+        {
+            tracing::warn!(link = UPLINK_HOST, error = %e, "could not delete the uplink");
+        }
         for ns in self.namespaces.iter().rev() {
             if let Err(e) = ip(&["netns", "delete", ns]) {
                 tracing::warn!(netns = %ns, error = %e, "could not delete network namespace");
