@@ -361,3 +361,42 @@ fn rule_lines(
     }
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtract_cuts_holes_and_edges() {
+        let r = |a: &str, b: &str| {
+            (
+                u32::from(a.parse::<Ipv4Addr>().unwrap()),
+                u32::from(b.parse::<Ipv4Addr>().unwrap()),
+            )
+        };
+        let whole = vec![r("10.0.0.0", "10.0.0.255")];
+        assert_eq!(
+            subtract(whole.clone(), r("10.0.0.128", "10.0.0.255")),
+            vec![r("10.0.0.0", "10.0.0.127")]
+        );
+        assert_eq!(
+            subtract(whole.clone(), r("10.0.0.0", "10.0.0.0")),
+            vec![r("10.0.0.1", "10.0.0.255")]
+        );
+        assert_eq!(
+            subtract(whole.clone(), r("10.0.0.5", "10.0.0.5")),
+            vec![r("10.0.0.0", "10.0.0.4"), r("10.0.0.6", "10.0.0.255")]
+        );
+        assert_eq!(subtract(whole.clone(), r("9.0.0.0", "11.0.0.0")), vec![]);
+        assert_eq!(subtract(whole.clone(), r("11.0.0.0", "11.0.0.1")), whole);
+    }
+
+    #[test]
+    fn render_set_writes_single_addresses_and_ranges() {
+        let ranges = vec![(0x0a00_0001, 0x0a00_0001), (0xcb00_7100, 0xcb00_717f)];
+        assert_eq!(
+            render_set(&ranges),
+            "{ 10.0.0.1, 203.0.113.0-203.0.113.127 }"
+        );
+    }
+}
