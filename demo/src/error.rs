@@ -5,12 +5,12 @@ use std::path::PathBuf;
 /// What went wrong while reading a scenario or building it in the kernel.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("reading scenario {path}: {source}")]
+    #[error("reading scenario {path}")]
     ReadScenario {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("scenario {source_name}: {source}")]
+    #[error("scenario {source_name}")]
     ParseScenario {
         source_name: String,
         source: serde_norway::Error,
@@ -25,12 +25,12 @@ pub enum DemoError {
         status: String,
         stderr: String,
     },
-    #[error("cannot run `{program}`: {source} (install it: scripts/setup.sh)")]
+    #[error("cannot run `{program}` (install it: scripts/setup.sh)")]
     MissingTool {
         program: String,
         source: std::io::Error,
     },
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Io { op: String, source: std::io::Error },
     #[error("{0}")]
     Prerequisite(String),

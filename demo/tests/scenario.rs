@@ -53,7 +53,15 @@ fn invalid_scenarios_name_the_problem() {
         ("tests/fixtures/invalid-field.yaml", "lables"),
         ("tests/fixtures/does-not-exist.yaml", "does-not-exist.yaml"),
     ] {
-        let err = load(file).expect_err(file).to_string();
+        let err = load(file).expect_err(file);
+        // The whole cause chain, as the CLI prints it.
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        let err = text;
         assert!(
             err.contains(needle),
             "{file}: error {err:?} does not name {needle:?}"
