@@ -75,7 +75,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     })?;
     println!(
-        "flowgate demo: {} pods, {} traffic streams, enforcement {}.\n  dashboard: http://{}\n  SQL:       curl -s http://{}/api/v1/query -d '{{\"sql\":\"SELECT src_pod, dst_pod, dst_port, verdict, kernel_fate FROM flows LIMIT 20\"}}'\n  Ctrl-C stops and cleans up.",
+        "flowgate demo: {} pods, {} traffic streams, enforcement {}.\n  dashboard: http://{}\n  SQL:       curl -s -H 'Content-Type: application/json' http://{}/api/v1/query -d '{{\"sql\":\"SELECT src_pod, dst_pod, dst_port, verdict, kernel_fate FROM flows LIMIT 20\"}}'\n  Ctrl-C stops and cleans up.",
         demo.placed().pods.len(),
         demo.placed().flows.len(),
         describe(args.enforce),

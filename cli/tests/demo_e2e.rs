@@ -162,7 +162,8 @@ const FLOWS: [Expect; 5] = [
 fn rows_of<'a>(rows: &'a [Value], e: &Expect) -> Vec<&'a Value> {
     rows.iter()
         .filter(|r| {
-            r["src_namespace"] == e.src.0
+            r["is_reply"] != true
+                && r["src_namespace"] == e.src.0
                 && r["src_pod"] == e.src.1
                 && r["dst_namespace"] == e.dst.0
                 && r["dst_pod"] == e.dst.1
@@ -199,7 +200,7 @@ fn run_demo(enforce: &str) -> Result<Vec<Value>> {
     let mut demo = Running(child);
     let deadline = Instant::now() + Duration::from_secs(90);
     let sql = "SELECT src_namespace, src_pod, src_workload, dst_namespace, dst_pod, dst_workload, dst_port, protocol, \
-               verdict, denied_by, kernel_fate, drop_reason, enforcement_mismatch FROM flows WHERE is_reply = false";
+               is_reply, verdict, denied_by, kernel_fate, drop_reason, enforcement_mismatch FROM flows WHERE is_reply = false";
     let mut settled_at: Option<Instant> = None;
     loop {
         if let Ok(Some(status)) = demo.0.try_wait() {

@@ -238,7 +238,10 @@ impl Demo {
         terminate(self.collector.take(), "collector");
         self.servers.take();
         self.topology.take();
-        if let Err(e) = std::fs::remove_dir_all(&self.workdir) {
+        // `stop` then `drop` both get here; the second finds nothing to do.
+        if self.workdir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&self.workdir)
+        {
             tracing::warn!(dir = %self.workdir.display(), error = %e, "could not remove the demo's work directory");
         }
     }

@@ -201,6 +201,20 @@ impl Topology {
     fn add_ns(&mut self, name: &str) -> Result<(), DemoError> {
         ip(&["netns", "add", name])?;
         self.namespaces.push(name.to_owned());
+        // IPv4 only: IPv6 router and neighbour solicitations would be noise
+        // in the flows (and the demo's policies and rules are IPv4).
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                name,
+                "sh",
+                "-c",
+                "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
+            ],
+            None,
+        )?;
         ip(&["-n", name, "link", "set", "lo", "up"])
     }
 

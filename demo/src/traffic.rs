@@ -133,6 +133,7 @@ fn serve(sock: Socket, stop: &AtomicBool) {
                     if let Ok(n) = conn.read(&mut buf) {
                         let _ = conn.write_all(&buf[..n]);
                     }
+                    close_gracefully(&mut conn, &mut buf);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(POLL),
                 Err(e) => {
@@ -147,6 +148,13 @@ fn serve(sock: Socket, stop: &AtomicBool) {
             }
         }
     }
+}
+
+/// FIN, then read until the peer's FIN: both sides close with empty queues,
+/// so the kernel frees no queued packet (it would report QUEUE_PURGE drops).
+fn close_gracefully(conn: &mut TcpStream, buf: &mut [u8]) {
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+    while matches!(conn.read(buf), Ok(n) if n > 0) {}
 }
 
 /// One attempt from the calling thread's namespace: true if the server answered.
@@ -164,9 +172,12 @@ pub fn attempt(
             };
             let _ = conn.set_read_timeout(Some(timeout));
             let mut buf = [0u8; PAYLOAD.len()];
-            Ok(conn.write_all(PAYLOAD).is_ok()
+            let ok = conn.write_all(PAYLOAD).is_ok()
                 && conn.read_exact(&mut buf).is_ok()
-                && buf == PAYLOAD)
+                && buf == PAYLOAD;
+            let mut rest = [0u8; 64];
+            close_gracefully(&mut conn, &mut rest);
+            Ok(ok)
         }
         Protocol::Udp => {
             let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
