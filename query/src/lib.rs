@@ -1,1 +1,27 @@
-//! The flow store (Arrow in memory, Parquet on disk) and sandboxed DataFusion SQL over it.
+//! The flow store and SQL over it.
+//!
+//! Data flows in through [`FlowStore::append`]: rows are written ahead to a
+//! checksummed log and synced ([`wal`]), then kept as Arrow record batches
+//! in memory; [`FlowStore::flush`] writes them as zstd Parquet files
+//! partitioned by time and empties the log; retention deletes whole
+//! partitions by age and by size. [`QueryEngine`] runs read-only,
+//! sandboxed DataFusion SQL over `flows` (memory and Parquet as one table,
+//! time filters pruning partitions first) and the `pods`, `namespaces` and
+//! `policies` tables the collector keeps current, and returns JSON, CSV or
+//! Arrow IPC ([`QueryResult`]).
+
+mod engine;
+mod format;
+mod provider;
+mod schema;
+mod store;
+pub mod wal;
+
+pub use datafusion::arrow;
+pub use engine::{NamespaceRow, PodRow, PolicyRow, QueryEngine, QueryError, QueryLimits};
+pub use format::QueryResult;
+pub use schema::{FlowRow, flows_schema};
+pub use store::{FlowStore, RetentionReport, StoreConfig, StoreError, StoreStats};
+
+#[doc(hidden)]
+pub use provider::time_bounds;

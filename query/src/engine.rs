@@ -1,0 +1,278 @@
+//! Read-only, sandboxed SQL over the store and the cluster tables.
+//!
+//! User SQL goes through DataFusion's `SQLOptions` with DDL, DML and
+//! statements off: no `CREATE` (so no external tables), no `INSERT`, no
+//! `COPY`, no `SET`. URL tables (`SELECT * FROM 'file.parquet'`) are never
+//! enabled, so queries reach only the registered tables. Every query has a
+//! time limit and a row limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, ListBuilder, StringArray, StringBuilder, UInt32Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+
+use crate::format::QueryResult;
+use crate::provider::FlowsTable;
+use crate::store::FlowStore;
+
+#[derive(Clone, Copy, Debug)]
+pub struct QueryLimits {
+    pub timeout: Duration,
+    pub max_rows: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            timeout: Duration::from_secs(30),
+            max_rows: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The query's fault: syntax, unknown table or column, a refused
+    /// statement. The message is DataFusion's.
+    #[error("{message}")]
+    BadQuery { message: String },
+    #[error("query exceeded its time limit of {limit:?}")]
+    Timeout { limit: Duration },
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(e: DataFusionError) -> Self {
+        let message = e.to_string();
+        match e.find_root() {
+            DataFusionError::IoError(_)
+            | DataFusionError::ObjectStore(_)
+            | DataFusionError::ParquetError(_)
+            | DataFusionError::ResourcesExhausted(_)
+            | DataFusionError::Internal(_) => QueryError::Internal { message },
+            _ => QueryError::BadQuery { message },
+        }
+    }
+}
+
+pub struct PodRow {
+    pub namespace: String,
+    pub name: String,
+    pub ips: Vec<String>,
+    pub node: Option<String>,
+    /// JSON object text.
+    pub labels: String,
+    pub workload_kind: Option<String>,
+    pub workload: Option<String>,
+    pub host_network: bool,
+    pub phase: Option<String>,
+}
+
+pub struct NamespaceRow {
+    pub name: String,
+    pub labels: String,
+}
+
+pub struct PolicyRow {
+    pub namespace: String,
+    pub name: String,
+    pub pod_selector: String,
+    pub policy_types: Vec<String>,
+    pub ingress_rules: u32,
+    pub egress_rules: u32,
+    /// `namespace/pod` of every selected pod.
+    pub selected_pods: Vec<String>,
+    pub yaml: String,
+}
+
+/// The query engine; clones share the session.
+#[derive(Clone)]
+pub struct QueryEngine {
+    ctx: SessionContext,
+    limits: QueryLimits,
+}
+
+fn utf8(n: &str, nullable: bool) -> Field {
+    Field::new(n, DataType::Utf8, nullable)
+}
+
+fn list_field(n: &str) -> Field {
+    Field::new(
+        n,
+        DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        false,
+    )
+}
+
+fn list_array<'a>(rows: impl Iterator<Item = &'a Vec<String>>) -> ArrayRef {
+    let mut b = ListBuilder::new(StringBuilder::new());
+    for r in rows {
+        for v in r {
+            b.values().append_value(v);
+        }
+        b.append(true);
+    }
+    Arc::new(b.finish())
+}
+
+fn str_array<'a>(v: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(v.collect::<StringArray>())
+}
+
+fn pods_batch(rows: &[PodRow]) -> (SchemaRef, RecordBatch) {
+    let schema = Arc::new(Schema::new(vec![
+        utf8("namespace", false),
+        utf8("name", false),
+        list_field("ips"),
+        utf8("node", true),
+        utf8("labels", false),
+        utf8("workload_kind", true),
+        utf8("workload", true),
+        Field::new("host_network", DataType::Boolean, false),
+        utf8("phase", true),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        str_array(rows.iter().map(|r| Some(r.namespace.as_str()))),
+        str_array(rows.iter().map(|r| Some(r.name.as_str()))),
+        list_array(rows.iter().map(|r| &r.ips)),
+        str_array(rows.iter().map(|r| r.node.as_deref())),
+        str_array(rows.iter().map(|r| Some(r.labels.as_str()))),
+        str_array(rows.iter().map(|r| r.workload_kind.as_deref())),
+        str_array(rows.iter().map(|r| r.workload.as_deref())),
+        Arc::new(
+            rows.iter()
+                .map(|r| Some(r.host_network))
+                .collect::<BooleanArray>(),
+        ),
+        str_array(rows.iter().map(|r| r.phase.as_deref())),
+    ];
+    (
+        schema.clone(),
+        RecordBatch::try_new(schema, cols).expect("pods schema"),
+    )
+}
+
+fn namespaces_batch(rows: &[NamespaceRow]) -> (SchemaRef, RecordBatch) {
+    let schema = Arc::new(Schema::new(vec![
+        utf8("name", false),
+        utf8("labels", false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        str_array(rows.iter().map(|r| Some(r.name.as_str()))),
+        str_array(rows.iter().map(|r| Some(r.labels.as_str()))),
+    ];
+    (
+        schema.clone(),
+        RecordBatch::try_new(schema, cols).expect("namespaces schema"),
+    )
+}
+
+fn policies_batch(rows: &[PolicyRow]) -> (SchemaRef, RecordBatch) {
+    let schema = Arc::new(Schema::new(vec![
+        utf8("namespace", false),
+        utf8("name", false),
+        utf8("pod_selector", false),
+        list_field("policy_types"),
+        Field::new("ingress_rules", DataType::UInt32, false),
+        Field::new("egress_rules", DataType::UInt32, false),
+        list_field("selected_pods"),
+        utf8("yaml", false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        str_array(rows.iter().map(|r| Some(r.namespace.as_str()))),
+        str_array(rows.iter().map(|r| Some(r.name.as_str()))),
+        str_array(rows.iter().map(|r| Some(r.pod_selector.as_str()))),
+        list_array(rows.iter().map(|r| &r.policy_types)),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.ingress_rules)
+                .collect::<UInt32Array>(),
+        ),
+        Arc::new(rows.iter().map(|r| r.egress_rules).collect::<UInt32Array>()),
+        list_array(rows.iter().map(|r| &r.selected_pods)),
+        str_array(rows.iter().map(|r| Some(r.yaml.as_str()))),
+    ];
+    (
+        schema.clone(),
+        RecordBatch::try_new(schema, cols).expect("policies schema"),
+    )
+}
+
+impl QueryEngine {
+    pub fn new(store: FlowStore, limits: QueryLimits) -> Result<QueryEngine, QueryError> {
+        let config = SessionConfig::new().with_information_schema(true);
+        let ctx = SessionContext::new_with_config(config);
+        ctx.register_table("flows", Arc::new(FlowsTable { store }))?;
+        let engine = QueryEngine { ctx, limits };
+        engine.set_cluster_tables(Vec::new(), Vec::new(), Vec::new());
+        Ok(engine)
+    }
+
+    /// Replaces the `pods`, `namespaces` and `policies` tables.
+    pub fn set_cluster_tables(
+        &self,
+        pods: Vec<PodRow>,
+        namespaces: Vec<NamespaceRow>,
+        policies: Vec<PolicyRow>,
+    ) {
+        for (name, (schema, batch)) in [
+            ("pods", pods_batch(&pods)),
+            ("namespaces", namespaces_batch(&namespaces)),
+            ("policies", policies_batch(&policies)),
+        ] {
+            let table = MemTable::try_new(schema, vec![vec![batch]]).expect("batch matches schema");
+            // register_table replaces a table of the same name.
+            let _ = self.ctx.deregister_table(name);
+            self.ctx
+                .register_table(name, Arc::new(table))
+                .expect("register table");
+        }
+    }
+
+    /// Runs one read-only query within the limits.
+    pub async fn sql(&self, sql: &str) -> Result<QueryResult, QueryError> {
+        let start = Instant::now();
+        let limits = self.limits;
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let run = async {
+            let df = self.ctx.sql_with_options(sql, options).await?;
+            let mut stream = df.execute_stream().await?;
+            let schema = stream.schema();
+            let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                if rows + batch.num_rows() > limits.max_rows {
+                    batches.push(batch.slice(0, limits.max_rows - rows));
+                    truncated = true;
+                    break;
+                }
+                rows += batch.num_rows();
+                batches.push(batch);
+            }
+            Ok::<_, QueryError>((schema, batches, truncated))
+        };
+        let (schema, batches, truncated) = tokio::time::timeout(limits.timeout, run)
+            .await
+            .map_err(|_| QueryError::Timeout {
+                limit: limits.timeout,
+            })??;
+        Ok(QueryResult {
+            schema,
+            batches,
+            truncated,
+            elapsed: start.elapsed(),
+        })
+    }
+}
