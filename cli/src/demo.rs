@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flowgate_demo::nft::Enforcement;
-use flowgate_demo::run::{Demo, DemoConfig, load_scenario, parse_duration};
+use flowgate_demo::run::{
+    Demo, DemoConfig, install_stop_signals, load_scenario, parse_duration, stop_requested,
+};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -56,24 +58,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         interval: args.interval,
         data_dir: args.data_dir,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    // Install the signal handlers before the (slow) start, so Ctrl-C during
-    // it still cleans up.
-    let mut demo = runtime.block_on(async {
-        let start = tokio::task::spawn_blocking(move || Demo::start(placed, &config));
-        tokio::pin!(start);
-        tokio::select! {
-            started = &mut start => started.context("starting the demo").and_then(|r| Ok(r?)),
-            () = crate::shutdown_signal() => {
-                // Let the start finish so its guards can clean up.
-                if let Ok(Ok(demo)) = start.await { demo.stop(); }
-                anyhow::bail!("interrupted while starting")
-            }
-        }
-    })?;
+    // Before anything is built: Ctrl-C during the start still cleans up.
+    install_stop_signals()?;
+    let mut demo = Demo::start(placed, &config)?;
     println!(
         "flowgate demo: {} pods, {} traffic streams, enforcement {}.\n  dashboard: http://{}\n  SQL:       curl -s -H 'Content-Type: application/json' http://{}/api/v1/query -d '{{\"sql\":\"SELECT src_pod, dst_pod, dst_port, verdict, kernel_fate FROM flows LIMIT 20\"}}'\n  Ctrl-C stops and cleans up.",
         demo.placed().pods.len(),
@@ -82,25 +69,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         demo.http_addr(),
         demo.http_addr()
     );
-    let outcome = runtime.block_on(async {
-        let deadline = async {
-            match args.duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(deadline);
-        let shutdown = crate::shutdown_signal();
-        tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                () = &mut deadline => return Ok(()),
-                () = &mut shutdown => return Ok(()),
-                _ = tick.tick() => demo.check_children()?,
-            }
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    let outcome = loop {
+        if stop_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
+            break Ok(());
         }
-    });
+        if let Err(e) = demo.check_children() {
+            break Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let stats = &demo.stats;
     tracing::info!(
         rounds = stats.rounds.load(Ordering::Relaxed),

@@ -88,7 +88,8 @@ impl Demo {
         if removed > 0 {
             tracing::info!(removed, "removed leftovers of an earlier run");
         }
-        let workdir = std::env::temp_dir().join(format!("flowgate-demo-{}", std::process::id()));
+        remove_stale_workdirs();
+        let workdir = std::env::temp_dir().join(format!("{WORKDIR_PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(workdir.join("cluster"))
             .map_err(DemoError::io(format!("creating {}", workdir.display())))?;
         let mut demo = Demo {
@@ -136,6 +137,7 @@ impl Demo {
             .arg("--http-listen")
             .arg(config.http_listen.to_string());
         collector.arg("--data-dir").arg(&data_dir);
+        die_with_parent(&mut collector);
         demo.collector = Some(collector.spawn().map_err(DemoError::io(format!(
             "starting {} collector",
             config.exe.display()
@@ -170,6 +172,9 @@ impl Demo {
         // on an fd that stays open in the parent until spawn returns.
         unsafe {
             probe.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -250,6 +255,51 @@ impl Demo {
 impl Drop for Demo {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Work directories are `$TMPDIR/flowgate-demo-<pid>`.
+const WORKDIR_PREFIX: &str = "flowgate-demo-";
+
+/// Removes the work directories of demos that were killed (their pid is gone).
+fn remove_stale_workdirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(WORKDIR_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %entry.path().display(), "removed the work directory of an earlier run")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove an earlier run's work directory")
+                }
+            }
+        }
+    }
+}
+
+/// If the demo is killed outright (SIGKILL), its children get SIGTERM rather
+/// than live on holding the demo's addresses; the next run then removes the
+/// namespaces they were using.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: only prctl (async-signal-safe) runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -382,6 +432,36 @@ fn generate(placed: &Placed, stop: &AtomicBool, stats: &TrafficStats, interval: 
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT (Ctrl-C) and SIGTERM set a flag ([`stop_requested`]) instead
+/// of killing the process, so the demo can clean up. A plain handler, not an
+/// async runtime's: it must work however the process was started (a shell
+/// starting it in the background hands it SIGINT ignored).
+pub fn install_stop_signals() -> Result<(), DemoError> {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let handler = on_stop_signal as extern "C" fn(libc::c_int);
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        let previous = unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+        if previous == libc::SIG_ERR {
+            return Err(DemoError::Io {
+                op: format!("installing a handler for signal {signal}"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether SIGINT or SIGTERM arrived since [`install_stop_signals`].
+pub fn stop_requested() -> bool {
+    STOP_REQUESTED.load(Ordering::SeqCst)
 }
 
 /// Parses `60s`, `5m`, `1h30m`.
