@@ -68,7 +68,11 @@ fn skip_or_fail() -> Result<bool> {
             bail!("demo end-to-end test cannot run in CI: {why}")
         }
         Some(why) => {
-            eprintln!("!!!!! SKIPPED: flowgate demo end-to-end test: {why}");
+            // Straight to stderr: the test harness captures eprintln! of passing tests.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("!!!!! SKIPPED: flowgate demo end-to-end test: {why}\n").as_bytes(),
+            );
             Ok(true)
         }
     }
