@@ -202,7 +202,10 @@ impl Topology {
         ip(&["netns", "add", name])?;
         self.namespaces.push(name.to_owned());
         // IPv4 only: IPv6 router and neighbour solicitations would be noise
-        // in the flows (and the demo's policies and rules are IPv4).
+        // in the flows (and the demo's policies and rules are IPv4). ping
+        // sockets for everyone: `ping` then uses an ICMP datagram socket that
+        // consumes the echo reply, rather than a raw socket beside which the
+        // kernel frees the reply as NO_SOCKET (a "drop" in the flows).
         run(
             "ip",
             &[
@@ -211,7 +214,8 @@ impl Topology {
                 name,
                 "sh",
                 "-c",
-                "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
+                "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; \
+                 echo 0 2147483647 > /proc/sys/net/ipv4/ping_group_range",
             ],
             None,
         )?;
