@@ -108,6 +108,13 @@ pub struct Aggregator {
     pub table_evictions: u64,
     /// Flow mode: entries present in the table during the current read.
     table_seen: rustc_hash::FxHashSet<FlowKey>,
+    /// Drop reasons that mean the endpoint discarded a delivered packet
+    /// (no socket, socket teardown, TCP state): not the network's verdict.
+    endpoint_reasons: rustc_hash::FxHashSet<u32>,
+    /// Packets freed for an endpoint reason (counted, not a flow's fate).
+    pub endpoint_drops: u64,
+    /// Packets of protocols the schema cannot carry (counted, not exported).
+    pub other_protocol_packets: u64,
 }
 
 /// One exported window.
@@ -124,6 +131,12 @@ impl Aggregator {
             node,
             ..Default::default()
         }
+    }
+
+    /// Drop reasons (codes) to treat as the endpoint's, not the network's.
+    pub fn with_endpoint_reasons(mut self, codes: impl IntoIterator<Item = u32>) -> Self {
+        self.endpoint_reasons = codes.into_iter().collect();
+        self
     }
 
     /// A ring-buffer event.
@@ -147,6 +160,10 @@ impl Aggregator {
                 acc.flags |= u32::from(e.tcp_flags) & TCP_CTRL;
             }
             abi::EVENT_DROP => {
+                if self.endpoint_reasons.contains(&e.drop_reason) {
+                    self.endpoint_drops += 1;
+                    return;
+                }
                 let t = Tuple::of(&e.key);
                 let d = self.drops.entry(t).or_insert_with(|| DropAcc {
                     first_ns: e.timestamp_ns,
@@ -168,12 +185,14 @@ impl Aggregator {
         if self.orientation.contains_key(&t) {
             return;
         }
-        // A reply: the reverse was seen first, or a TCP SYN+ACK.
+        // A reply: the reverse was seen first, a TCP SYN+ACK, or an ICMP
+        // reply type (whose tuple is not the request's reversed).
         let reply = self
             .orientation
             .get(&t.reversed())
             .is_some_and(|(_, first)| *first <= ts)
-            || (flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK);
+            || (key.protocol == 6 && (flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK))
+            || is_icmp_reply(key.protocol, key.src_port);
         self.orientation.insert(t, (reply, ts));
     }
 
@@ -249,6 +268,10 @@ impl Aggregator {
         let mut joined: Vec<Tuple> = Vec::new();
         let mut early = Vec::new();
         for (key, acc) in std::mem::take(&mut self.window) {
+            if !exportable(key.protocol) {
+                self.other_protocol_packets += acc.packets;
+                continue;
+            }
             if acc.packets == 0 {
                 // Flow mode: an event that arrived after the table was read;
                 // its counts come with the next window.
@@ -279,6 +302,10 @@ impl Aggregator {
         self.window.extend(early);
         for (t, d) in std::mem::take(&mut self.drops) {
             if joined.contains(&t) {
+                continue;
+            }
+            if !exportable(t.proto) {
+                self.other_protocol_packets += d.packets;
                 continue;
             }
             // A drop no observed flow explains: keep it if it concerns an
@@ -347,6 +374,22 @@ impl Aggregator {
             ..Default::default()
         }
     }
+}
+
+/// Echo, timestamp, information and address-mask replies (ICMP), echo
+/// reply (ICMPv6). The type is in the source-port slot.
+fn is_icmp_reply(protocol: u8, icmp_type: u16) -> bool {
+    match protocol {
+        1 => matches!(icmp_type, 0 | 14 | 16 | 18),
+        58 => icmp_type == 129,
+        _ => false,
+    }
+}
+
+/// Whether flows of this IANA protocol can be exported (the schema knows
+/// TCP, UDP, SCTP, ICMP and ICMPv6; other protocols are counted only).
+pub fn exportable(protocol: u8) -> bool {
+    matches!(protocol, 6 | 17 | 132 | 1 | 58)
 }
 
 /// The address of raw proto bytes, for logs and tests.
@@ -445,6 +488,56 @@ mod tests {
         assert_eq!(idle, vec![k]);
         a.table_read_done();
         assert_eq!(a.table_evictions, 0, "removed by the probe, not evicted");
+    }
+
+    #[test]
+    fn endpoint_drops_and_other_protocols_are_counted_not_exported() {
+        // 2 = NOT_SPECIFIED, 3 = NO_SOCKET as endpoint reasons; 6 is a network drop.
+        let mut a = Aggregator::new("n1".into()).with_endpoint_reasons([2, 3]);
+        let udp = key(1, 2, 5000, 53, 17, abi::HOOK_EGRESS);
+        a.event(&ev(abi::EVENT_PACKET, udp, 1, 0));
+        a.event(&Event {
+            drop_reason: 3,
+            ..ev(abi::EVENT_DROP, udp, 2, 0)
+        });
+        // IPv6 hop-by-hop (protocol 0), as MLD reports look from the drop path.
+        let hop = FlowKey {
+            protocol: 0,
+            ..key(1, 2, 0, 0, 0, abi::HOOK_EGRESS)
+        };
+        a.event(&ev(abi::EVENT_PACKET, hop, 3, 0));
+        a.event(&Event {
+            drop_reason: 6,
+            ..ev(abi::EVENT_DROP, hop, 4, 0)
+        });
+        let flows = flush(&mut a);
+        assert_eq!(flows.len(), 1);
+        assert_eq!(
+            flows[0].kernel_fate,
+            KernelFate::Forwarded as i32,
+            "a socket-side free is not the network's verdict"
+        );
+        assert_eq!((a.endpoint_drops, a.other_protocol_packets), (1, 2));
+    }
+
+    #[test]
+    fn icmp_replies_are_replies() {
+        let mut a = Aggregator::new("n1".into());
+        a.event(&ev(
+            abi::EVENT_PACKET,
+            key(1, 2, 8, 0, 1, abi::HOOK_INGRESS),
+            1,
+            0,
+        ));
+        a.event(&ev(
+            abi::EVENT_PACKET,
+            key(2, 1, 0, 0, 1, abi::HOOK_EGRESS),
+            2,
+            0,
+        ));
+        let mut flows = flush(&mut a);
+        flows.sort_by_key(|f| f.first_seen_ns);
+        assert_eq!((flows[0].is_reply, flows[1].is_reply), (false, true));
     }
 
     #[test]

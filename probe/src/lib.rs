@@ -172,7 +172,13 @@ pub async fn run(
     let metrics_task = tokio::spawn(metrics::serve(listener, metrics.clone()));
 
     let node = config.node();
-    let agg = Arc::new(Mutex::new(aggregate::Aggregator::new(node.clone())));
+    let endpoint_reasons = reasons
+        .iter()
+        .filter(|(_, n)| preflight::is_endpoint_reason(n))
+        .map(|(c, _)| *c);
+    let agg = Arc::new(Mutex::new(
+        aggregate::Aggregator::new(node.clone()).with_endpoint_reasons(endpoint_reasons),
+    ));
 
     // Ring buffer → aggregator.
     // SAFETY: the RingBuf owns its map fd and lives inside the AsyncFd.
@@ -383,7 +389,11 @@ fn export_window(
         .attached()
         .map(|(_, i)| i)
         .collect();
-    let before_unrelated = agg.unrelated_drops;
+    let (before_unrelated, before_endpoint, before_other) = (
+        agg.unrelated_drops,
+        agg.endpoint_drops,
+        agg.other_protocol_packets,
+    );
     let mut flows = agg.flush(
         mono_to_unix_ns(),
         &|i| names.get(&i).cloned().unwrap_or_default(),
@@ -392,6 +402,12 @@ fn export_window(
     metrics
         .unrelated_drops
         .inc_by(agg.unrelated_drops - before_unrelated);
+    metrics
+        .endpoint_drops
+        .inc_by(agg.endpoint_drops - before_endpoint);
+    metrics
+        .other_protocol_packets
+        .inc_by(agg.other_protocol_packets - before_other);
     for f in &mut flows {
         if f.drop_reason_code != 0 {
             f.drop_reason = reasons

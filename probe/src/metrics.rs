@@ -27,6 +27,8 @@ pub struct Metrics {
     pub kernel_drops: Family<ReasonLabel, Counter>,
     pub unrelated_drops: Counter,
     pub flow_table_evictions: Counter,
+    pub endpoint_drops: Counter,
+    pub other_protocol_packets: Counter,
     pub batches_sent: Counter,
     pub batches_acked: Counter,
     pub batches_rejected: Counter,

@@ -68,6 +68,22 @@ pub fn drop_reason_names() -> rustc_hash::FxHashMap<u32, String> {
     parse_drop_reasons(&text)
 }
 
+/// Reasons for which a packet was delivered and then discarded by its
+/// endpoint (no listening socket, socket teardown, TCP state, memory
+/// accounting), or freed without a stated reason. These do not say the
+/// network refused the packet, so they never make a flow "dropped"; they
+/// are counted in metrics.
+pub fn is_endpoint_reason(name: &str) -> bool {
+    name == "NOT_SPECIFIED"
+        || name == "NO_SOCKET"
+        || name == "QUEUE_PURGE"
+        || name == "PROTO_MEM"
+        || name == "SOCKET_CLOSE"
+        || name.starts_with("SOCKET_")
+        || name.starts_with("TCP_")
+        || name == "UDP_CSUM"
+}
+
 fn parse_drop_reasons(format: &str) -> rustc_hash::FxHashMap<u32, String> {
     let mut out = rustc_hash::FxHashMap::default();
     let Some(start) = format.find("__print_symbolic(REC->reason") else {
@@ -107,5 +123,27 @@ mod tests {
             return;
         }
         assert!(names.values().any(|n| n == "NETFILTER_DROP"), "{names:?}");
+    }
+
+    #[test]
+    fn endpoint_reasons_are_not_network_verdicts() {
+        for n in [
+            "NO_SOCKET",
+            "QUEUE_PURGE",
+            "TCP_OLD_DATA",
+            "SOCKET_RCVBUFF",
+            "NOT_SPECIFIED",
+        ] {
+            assert!(super::is_endpoint_reason(n), "{n}");
+        }
+        for n in [
+            "NETFILTER_DROP",
+            "TC_INGRESS",
+            "IP_OUTNOROUTES",
+            "NEIGH_FAILED",
+            "BPF_CGROUP_EGRESS",
+        ] {
+            assert!(!super::is_endpoint_reason(n), "{n}");
+        }
     }
 }
