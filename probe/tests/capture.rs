@@ -322,10 +322,11 @@ fn run(granularity: GranularityArg, id: u32) {
             "echo request {a}->{b}"
         );
         assert_eq!(get(key(a, b, req, 0, p, INGRESS, &vb)).packets, 2);
+        let reply = get(key(b, a, rep, 0, p, EGRESS, &vb));
         assert_eq!(
-            get(key(b, a, rep, 0, p, EGRESS, &vb)).packets,
-            2,
-            "echo reply {b}->{a}"
+            (reply.packets, reply.replies),
+            (2, reply.records),
+            "echo reply {b}->{a} is a reply"
         );
         assert_eq!(get(key(b, a, rep, 0, p, INGRESS, &va)).packets, 2);
     }
