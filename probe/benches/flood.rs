@@ -12,11 +12,10 @@ mod support;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use flowgate_probe::config::GranularityArg;
-use flowgate_probe::{Config, metrics::Metrics};
 use flowgate_proto::v1::Direction;
 use support::{Pods, Receiver};
 
@@ -137,31 +136,16 @@ fn main() {
             vec![Some(250_000), Some(500_000), Some(1_000_000), None],
         ),
     ] {
-        let config = Config {
-            collector: format!("http://{addr}"),
-            interfaces: vec![veth.clone()],
-            granularity: mode,
-            export_interval: Duration::from_millis(500),
-            metrics_listen: "127.0.0.1:0".parse().unwrap(),
-            node_name: Some("bench".into()),
-            max_batch_flows: 1000,
-            buffer_records: 1_000_000,
-            flow_idle_timeout: Duration::from_secs(30),
-        };
-        let metrics = Arc::new(Metrics::default());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-        let probe = rt.spawn(flowgate_probe::run(
-            config,
-            metrics.clone(),
-            move |a| ready_tx.send(a).unwrap(),
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
-        ready_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("probe ready");
+        let probe = support::start(
+            &rt,
+            support::config(
+                format!("http://{addr}"),
+                vec![veth.clone()],
+                mode,
+                Duration::from_millis(500),
+            ),
+        );
+        let metrics = probe.metrics.clone();
 
         for rate in rates {
             src_port += 1;
@@ -206,9 +190,7 @@ fn main() {
                 println!("  !! flow mode counted {counted} of {sent} packets sent");
             }
         }
-        stop_tx.send(()).unwrap();
-        rt.block_on(probe).unwrap().expect("probe ran");
+        probe.stop(&rt);
     }
-    let _ = AtomicU64::new(0);
     std::fs::write(stats_path, stats_before.trim()).ok();
 }

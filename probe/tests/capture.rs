@@ -11,11 +11,9 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowgate_probe::config::GranularityArg;
-use flowgate_probe::{Config, metrics::Metrics};
 use flowgate_proto::v1::{Direction, Flow, KernelFate, Protocol};
 use support::{Pods, Receiver, attached, sh};
 
@@ -170,31 +168,16 @@ fn run(granularity: GranularityArg, id: u32) {
     let receiver = Receiver::default();
     let addr = support::serve(&rt, &receiver);
 
-    let config = Config {
-        collector: format!("http://{addr}"),
-        interfaces: vec![format!("fgv{id}*")],
-        granularity,
-        export_interval: Duration::from_millis(200),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        node_name: Some("test-node".into()),
-        max_batch_flows: 1000,
-        buffer_records: 100_000,
-        flow_idle_timeout: Duration::from_secs(30),
-    };
-    let metrics = Arc::new(Metrics::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let probe = rt.spawn(flowgate_probe::run(
-        config,
-        metrics.clone(),
-        move |a| ready_tx.send(a).unwrap(),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    let metrics_addr = ready_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("probe ready");
+    let probe = support::start(
+        &rt,
+        support::config(
+            format!("http://{addr}"),
+            vec![format!("fgv{id}*")],
+            granularity,
+            Duration::from_millis(200),
+        ),
+    );
+    let metrics_addr = probe.metrics_addr;
 
     // The programs are attached: the kernel lists them on both veths.
     for pod in ['a', 'b'] {
@@ -260,8 +243,7 @@ fn run(granularity: GranularityArg, id: u32) {
         "{body}"
     );
 
-    stop_tx.send(()).unwrap();
-    let summary = rt.block_on(probe).unwrap().expect("probe ran");
+    let summary = probe.stop(&rt);
     let get = |k: FlowId| {
         seen.get(&k)
             .copied()
@@ -388,20 +370,6 @@ fn packet_granularity_on_the_real_kernel() {
     run(GranularityArg::Packet, test_id(1));
 }
 
-fn config(collector: String, interfaces: Vec<String>) -> Config {
-    Config {
-        collector,
-        interfaces,
-        granularity: GranularityArg::Flow,
-        export_interval: Duration::from_millis(200),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        node_name: Some("test-node".into()),
-        max_batch_flows: 1000,
-        buffer_records: 100_000,
-        flow_idle_timeout: Duration::from_secs(30),
-    }
-}
-
 fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
@@ -428,21 +396,16 @@ fn follows_interfaces_that_appear_and_vanish() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let receiver = Receiver::default();
     let addr = support::serve(&rt, &receiver);
-    let metrics = Arc::new(Metrics::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let cfg = config(format!("http://{addr}"), vec![format!("fgw{id}*")]);
-    let probe = rt.spawn(flowgate_probe::run(
-        cfg,
-        metrics.clone(),
-        move |a| ready_tx.send(a).unwrap(),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    ready_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("probe ready");
+    let probe = support::start(
+        &rt,
+        support::config(
+            format!("http://{addr}"),
+            vec![format!("fgw{id}*")],
+            GranularityArg::Flow,
+            Duration::from_millis(200),
+        ),
+    );
+    let metrics = probe.metrics.clone();
     assert_eq!(metrics.interfaces.get(), 0);
 
     sh(&[
@@ -465,8 +428,7 @@ fn follows_interfaces_that_appear_and_vanish() {
         || metrics.interfaces.get() == 0,
     );
 
-    stop_tx.send(()).unwrap();
-    rt.block_on(probe).unwrap().expect("probe ran");
+    probe.stop(&rt);
 }
 
 /// While the collector is away, flows wait in the buffer; when it comes
@@ -489,21 +451,16 @@ fn buffers_while_the_collector_is_away() {
         .local_addr()
         .unwrap()
         .port();
-    let metrics = Arc::new(Metrics::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let cfg = config(format!("http://127.0.0.1:{port}"), vec![pods.veth('a')]);
-    let probe = rt.spawn(flowgate_probe::run(
-        cfg,
-        metrics.clone(),
-        move |a| ready_tx.send(a).unwrap(),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    ready_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("probe ready");
+    let probe = support::start(
+        &rt,
+        support::config(
+            format!("http://127.0.0.1:{port}"),
+            vec![pods.veth('a')],
+            GranularityArg::Flow,
+            Duration::from_millis(200),
+        ),
+    );
+    let metrics = probe.metrics.clone();
 
     let client_port = udp_echo(&pods, pods.v4(2));
     wait_until("records wait in the buffer", Duration::from_secs(5), || {
@@ -527,8 +484,7 @@ fn buffers_while_the_collector_is_away() {
     wait_until("the buffer drains", Duration::from_secs(20), || {
         metrics.buffer_records.get() == 0
     });
-    stop_tx.send(()).unwrap();
-    let summary = rt.block_on(probe).unwrap().expect("probe ran");
+    let summary = probe.stop(&rt);
     assert_eq!(
         (
             summary.buffer_overflow_records,

@@ -241,3 +241,63 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Probe settings for tests: fast windows, a free metrics port.
+pub fn config(
+    collector: String,
+    interfaces: Vec<String>,
+    granularity: flowgate_probe::config::GranularityArg,
+    export_interval: std::time::Duration,
+) -> flowgate_probe::Config {
+    flowgate_probe::Config {
+        collector,
+        interfaces,
+        granularity,
+        export_interval,
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        node_name: Some("test-node".into()),
+        max_batch_flows: 1000,
+        buffer_records: 1_000_000,
+        flow_idle_timeout: std::time::Duration::from_secs(30),
+    }
+}
+
+/// A probe running in-process.
+pub struct Running {
+    pub metrics: Arc<flowgate_probe::metrics::Metrics>,
+    pub metrics_addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<flowgate_probe::Summary, flowgate_probe::ProbeError>>,
+}
+
+/// Starts the probe and waits until its programs are attached.
+pub fn start(rt: &tokio::runtime::Runtime, config: flowgate_probe::Config) -> Running {
+    let metrics = Arc::new(flowgate_probe::metrics::Metrics::default());
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let task = rt.spawn(flowgate_probe::run(
+        config,
+        metrics.clone(),
+        move |a| ready_tx.send(a).unwrap(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let metrics_addr = ready_rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("probe ready");
+    Running {
+        metrics,
+        metrics_addr,
+        stop,
+        task,
+    }
+}
+
+impl Running {
+    /// Stops the probe (last window exported) and returns its summary.
+    pub fn stop(self, rt: &tokio::runtime::Runtime) -> flowgate_probe::Summary {
+        self.stop.send(()).unwrap();
+        rt.block_on(self.task).unwrap().expect("probe ran")
+    }
+}
