@@ -126,7 +126,7 @@ fn chunk(rng: &mut Rng, start_ns: i64, span_ns: i64) -> Vec<FlowRow> {
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let store = FlowStore::open(StoreConfig {
-        flush_rows: 2_000_000,
+        flush_rows: 3_000_000,
         ..StoreConfig::new(dir.path())
     })
     .unwrap();
@@ -156,7 +156,7 @@ fn main() {
     }
     let s = store.stats();
     println!(
-        "append: {:.0} flows/s (write-ahead sync per {CHUNK}-row batch, Parquet flush every 2M rows; row generation excluded: {:.1?})",
+        "append: {:.0} flows/s (write-ahead sync per {CHUNK}-row batch, Parquet flush every 3M rows; row generation excluded: {:.1?})",
         TOTAL as f64 / append_time.as_secs_f64(),
         gen_time
     );
