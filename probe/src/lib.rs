@@ -382,13 +382,15 @@ fn export_window(
             let _ = table.remove(&k);
         }
     }
-    let names = ifnames.read().unwrap();
     let observed: Vec<u32> = attacher
         .lock()
         .unwrap()
         .attached()
         .map(|(_, i)| i)
         .collect();
+    // Lock order: the attacher is never awaited while the names are held
+    // (the interface watcher takes the names inside the attacher).
+    let names = ifnames.read().unwrap();
     let (before_unrelated, before_endpoint, before_other) = (
         agg.unrelated_drops,
         agg.endpoint_drops,
