@@ -3,9 +3,12 @@
 
 use clap::{Parser, Subcommand};
 
+mod collector;
 mod demo;
 mod explain;
 mod probe;
+mod query;
+mod replay;
 
 /// Kubernetes flow observability and NetworkPolicy audit: see every flow,
 /// and why the policies in force allow or deny it.
@@ -26,7 +29,13 @@ enum Command {
     /// Build a small cluster in network namespaces, enforce its policies with
     /// nftables, and watch flowgate observe it (run as root).
     Demo(demo::Args),
-    // Subcommands of later parts are added here, one line each.
+    /// Receive flows from every probe, judge them against the cluster's
+    /// NetworkPolicies, store them, and serve SQL, the API and the dashboard.
+    Collector(collector::Args),
+    /// Run read-only SQL on a running collector and print the result table.
+    Query(query::Args),
+    /// Send known flows from a YAML/JSON file to a collector as a probe would.
+    Replay(replay::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +45,9 @@ fn main() -> std::process::ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Probe(args) => probe::run(args),
+        Command::Collector(args) => collector::run(args),
+        Command::Query(args) => query::run(args),
+        Command::Replay(args) => replay::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,1 +1,286 @@
-//! The collector: gRPC ingest, Kubernetes cluster state, policy verdict on every flow, and the HTTP API.
+//! The collector: where flows become answers.
+//!
+//! Data flows through it in one direction:
+//! 1. [`ingest`]: probes stream `FlowBatch`es over gRPC; each batch is
+//!    checked, deduplicated by (probe, sequence) and
+//! 2. [`enrich`]ed: both endpoints are joined with the pod that held the
+//!    address at the flow's time ([`cluster::ip_index`]) and the connection
+//!    is judged by the NetworkPolicy engine under the current cluster
+//!    [`cluster::Snapshot`]; the verdict is compared with the kernel's fate.
+//! 3. The rows are appended to the durable `flowgate_query::FlowStore`; only
+//!    then is the batch acknowledged.
+//! 4. [`api`] answers SQL (DataFusion via `flowgate_query`), flow listings,
+//!    explanations and metrics over HTTP.
+//!
+//! Cluster state comes from the Kubernetes API ([`cluster::watch`]) or YAML
+//! files ([`cluster::files`]); one writer rebuilds the snapshot, readers load
+//! it lock-free ([`cluster::state`]). [`run`] starts everything and reports
+//! the bound addresses.
+
+pub mod api;
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod enrich;
+pub mod ingest;
+pub mod metrics;
+pub mod replay;
+pub mod tables;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{ClusterSource, Config};
+use flowgate_query::{FlowStore, QueryEngine, QueryLimits, StoreConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::cluster::{ClusterState, StateWriter};
+use crate::metrics::Metrics;
+
+/// How often retention (age and size) is enforced.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the flow store in {dir}: {source}")]
+    Store {
+        dir: std::path::PathBuf,
+        source: flowgate_query::StoreError,
+    },
+    #[error("cannot start the query engine: {source}")]
+    Query { source: flowgate_query::QueryError },
+    #[error(transparent)]
+    ClusterFiles(#[from] cluster::files::FilesError),
+    #[error(transparent)]
+    Watch(#[from] cluster::watch::WatchError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the {server} server failed: {message}")]
+    Serve {
+        server: &'static str,
+        message: String,
+    },
+}
+
+/// A running collector. Dropping it stops nothing; call [`Collector::shutdown`].
+pub struct Collector {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    servers: JoinSet<Result<(), Error>>,
+    background: JoinSet<()>,
+    store: FlowStore,
+}
+
+impl Collector {
+    /// The address the gRPC ingest service listens on (port 0 resolved).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The address of the HTTP API.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Runs until a server fails (or forever).
+    pub async fn wait(&mut self) -> Result<(), Error> {
+        while let Some(done) = self.servers.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => {
+                    return Err(Error::Serve {
+                        server: "collector",
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops both servers gracefully and flushes the store.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        let _ = self.stop.send(true);
+        while let Some(done) = self.servers.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "server stopped with an error");
+            }
+        }
+        self.background.abort_all();
+        let store = self.store.clone();
+        let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(error = %e, "flushing the store on shutdown failed");
+        }
+        Ok(())
+    }
+}
+
+/// Opens the store, loads or watches the cluster, and starts the gRPC and
+/// HTTP servers. Returns once both listen.
+pub async fn run(config: Config) -> Result<Collector, Error> {
+    let store = FlowStore::open(StoreConfig {
+        dir: config.data_dir.clone(),
+        retention: config.retention,
+        max_size_bytes: config.max_store_size,
+        flush_rows: config.flush_rows,
+        partition: config.partition,
+    })
+    .map_err(|source| Error::Store {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
+    let engine = Arc::new(
+        QueryEngine::new(
+            store.clone(),
+            QueryLimits {
+                timeout: config.query_timeout,
+                max_rows: config.query_max_rows,
+            },
+        )
+        .map_err(|source| Error::Query { source })?,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let state = ClusterState::default();
+    let mut writer = StateWriter::new(state.clone(), config.tombstone_retention, metrics.clone());
+    {
+        let engine = engine.clone();
+        writer.set_hook(Box::new(move |snapshot| {
+            let c = &snapshot.cluster;
+            engine.set_cluster_tables(
+                tables::pod_rows(c),
+                tables::namespace_rows(c),
+                tables::policy_rows(c),
+            );
+        }));
+    }
+    let mut background = JoinSet::new();
+    match &config.cluster {
+        ClusterSource::Files(paths) => {
+            let inputs = cluster::files::load(paths)?;
+            tracing::info!(
+                pods = inputs.pods.len(),
+                namespaces = inputs.namespaces.len(),
+                policies = inputs.policies.len(),
+                "cluster loaded from files"
+            );
+            writer.rebuild(&inputs, now_ns());
+        }
+        ClusterSource::Kubernetes => {
+            let client = cluster::watch::default_client().await?;
+            cluster::watch::spawn(
+                client,
+                writer,
+                config.rebuild_debounce,
+                metrics.clone(),
+                &mut background,
+            );
+        }
+    }
+    {
+        let store = store.clone();
+        background.spawn(async move {
+            let mut tick = tokio::time::interval(RETENTION_EVERY);
+            loop {
+                tick.tick().await;
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || store.enforce_retention(now_ns())).await {
+                    Ok(Ok(report)) => tracing::debug!(?report, "retention enforced"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "enforcing retention failed"),
+                    Err(e) => tracing::warn!(error = %e, "the retention task failed"),
+                }
+            }
+        });
+    }
+
+    let grpc = TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.grpc_listen,
+            source,
+        })?;
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.http_listen,
+            source,
+        })?;
+    let grpc_addr = grpc.local_addr().map_err(|source| Error::Bind {
+        addr: config.grpc_listen,
+        source,
+    })?;
+    let http_addr = http.local_addr().map_err(|source| Error::Bind {
+        addr: config.http_listen,
+        source,
+    })?;
+
+    let (stop, stopped) = watch::channel(false);
+    let mut servers = JoinSet::new();
+    let ingest = ingest::Ingest::new(
+        store.clone(),
+        state.clone(),
+        metrics.clone(),
+        config.max_batch_flows,
+        config.verdict_cache_entries,
+    );
+    let mut grpc_stop = stopped.clone();
+    servers.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(ingest.into_service())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                async move {
+                    let _ = grpc_stop.wait_for(|s| *s).await;
+                },
+            )
+            .await
+            .map_err(|e| Error::Serve {
+                server: "gRPC",
+                message: e.to_string(),
+            })
+    });
+    let router = api::app(api::AppState {
+        engine,
+        store: store.clone(),
+        cluster: state,
+        metrics,
+        max_rows: config.query_max_rows,
+    });
+    let mut http_stop = stopped;
+    servers.spawn(async move {
+        axum::serve(http, router)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(|e| Error::Serve {
+                server: "HTTP",
+                message: e.to_string(),
+            })
+    });
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, "collector listening");
+    Ok(Collector {
+        grpc_addr,
+        http_addr,
+        stop,
+        servers,
+        background,
+        store,
+    })
+}

@@ -1,0 +1,108 @@
+//! `flowgate collector`: receive flows from every probe, judge them against
+//! the cluster's NetworkPolicies, store them, and answer SQL over HTTP.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use flowgate_collector::{ClusterSource, Config};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Load Namespaces, Pods and NetworkPolicies from these YAML/JSON files or
+    /// folders instead of watching the Kubernetes API (offline use, demos).
+    /// Without it, the in-cluster config or the kubeconfig is used.
+    #[arg(
+        long,
+        value_name = "FILE_OR_DIR",
+        env = "FLOWGATE_CLUSTER",
+        value_delimiter = ','
+    )]
+    cluster: Vec<PathBuf>,
+    /// gRPC address probes send flows to; port 0 picks a free port (printed).
+    #[arg(long, default_value = "0.0.0.0:4245", env = "FLOWGATE_GRPC_LISTEN")]
+    grpc_listen: SocketAddr,
+    /// HTTP address of the API, metrics and dashboard; port 0 picks a free port (printed).
+    #[arg(long, default_value = "0.0.0.0:8080", env = "FLOWGATE_HTTP_LISTEN")]
+    http_listen: SocketAddr,
+    /// Where flows are kept (write-ahead log and Parquet files); must survive
+    /// restarts for acknowledged flows to survive them.
+    #[arg(long, default_value = "/var/lib/flowgate", env = "FLOWGATE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Flows older than this are deleted; longer keeps more history on disk.
+    #[arg(long, default_value = "7d", env = "FLOWGATE_RETENTION", value_parser = humantime::parse_duration)]
+    retention: Duration,
+    /// Oldest flows are deleted once the store is larger (e.g. 20GiB); unset: no size limit.
+    #[arg(long, env = "FLOWGATE_MAX_STORE_SIZE", value_parser = parse_size)]
+    max_store_size: Option<u64>,
+    /// Batches with more flows are rejected; larger allows bigger probe
+    /// batches at the cost of memory per request.
+    #[arg(long, default_value_t = 10_000, env = "FLOWGATE_MAX_BATCH_FLOWS")]
+    max_batch_flows: usize,
+    /// SQL queries running longer are cancelled.
+    #[arg(long, default_value = "30s", env = "FLOWGATE_QUERY_TIMEOUT", value_parser = humantime::parse_duration)]
+    query_timeout: Duration,
+    /// SQL results are truncated after this many rows (the answer says so).
+    #[arg(long, default_value_t = 100_000, env = "FLOWGATE_QUERY_MAX_ROWS")]
+    query_max_rows: usize,
+    /// Cluster changes are gathered this long before the policy snapshot is
+    /// rebuilt: longer costs fewer rebuilds under churn, shorter reacts faster.
+    #[arg(long, default_value = "200ms", env = "FLOWGATE_REBUILD_DEBOUNCE", value_parser = humantime::parse_duration)]
+    rebuild_debounce: Duration,
+    /// How long a deleted pod still names its IP for late flows; longer costs memory.
+    #[arg(long, default_value = "1h", env = "FLOWGATE_TOMBSTONE_RETENTION", value_parser = humantime::parse_duration)]
+    tombstone_retention: Duration,
+    /// Rows buffered in memory before they are written as a Parquet file:
+    /// more makes bigger files and uses more memory.
+    #[arg(long, default_value_t = 100_000, env = "FLOWGATE_FLUSH_ROWS")]
+    flush_rows: usize,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    text.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{text:?}: {e}"))
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let source = if args.cluster.is_empty() {
+        ClusterSource::Kubernetes
+    } else {
+        ClusterSource::Files(args.cluster.clone())
+    };
+    let mut config = Config::new(source, args.data_dir);
+    config.grpc_listen = args.grpc_listen;
+    config.http_listen = args.http_listen;
+    config.retention = args.retention;
+    config.max_store_size = args.max_store_size;
+    config.max_batch_flows = args.max_batch_flows;
+    config.query_timeout = args.query_timeout;
+    config.query_max_rows = args.query_max_rows;
+    config.rebuild_debounce = args.rebuild_debounce;
+    config.tombstone_retention = args.tombstone_retention;
+    config.flush_rows = args.flush_rows;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let mut collector = flowgate_collector::run(config)
+            .await
+            .context("cannot start the collector")?;
+        // Printed on stdout so that scripts and tests can find the ports.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "grpc listening on {}", collector.grpc_addr())?;
+        writeln!(out, "http listening on {}", collector.http_addr())?;
+        out.flush()?;
+        drop(out);
+        tokio::select! {
+            result = collector.wait() => result.context("the collector stopped")?,
+            signal = tokio::signal::ctrl_c() => {
+                signal.context("cannot wait for Ctrl-C")?;
+                tracing::info!("shutting down");
+            }
+        }
+        collector.shutdown().await.context("shutting down")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,439 @@
+//! The HTTP API: sandboxed SQL, flow listing with common filters, policy
+//! explanations next to the flows observed for the pair, the policies with
+//! the pods they select, health, readiness and Prometheus metrics.
+//!
+//! [`app`] builds the router from an [`AppState`]; every failure is an
+//! [`ApiError`], rendered as `{"error": "..."}` with its status.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use flowgate_policy::{Cluster, Endpoint, Protocol};
+use flowgate_query::{FlowStore, QueryEngine, QueryError, QueryResult};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::cluster::ClusterState;
+use crate::metrics::Metrics;
+
+/// What every handler reads.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<QueryEngine>,
+    pub store: FlowStore,
+    pub cluster: ClusterState,
+    pub metrics: Arc<Metrics>,
+    /// Upper bound of `limit` on `/api/v1/flows`.
+    pub max_rows: usize,
+}
+
+/// Every way a request can fail, each with its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { message: String },
+    #[error("{message}")]
+    NotFound { message: String },
+    #[error("query timed out: {message}")]
+    Timeout { message: String },
+    #[error("internal error: {message}")]
+    Internal { message: String },
+    #[error("{message}")]
+    NotReady { message: String },
+}
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::BadQuery { .. } => ApiError::BadRequest {
+                message: e.to_string(),
+            },
+            QueryError::Timeout { .. } => ApiError::Timeout {
+                message: e.to_string(),
+            },
+            other => ApiError::Internal {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// The router. Mount other routers (the dashboard) with `merge`.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/query", post(query))
+        .route("/api/v1/flows", get(flows))
+        .route("/api/v1/explain", get(explain))
+        .route("/api/v1/policies", get(policies))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Csv,
+    Arrow,
+}
+
+const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+#[derive(Debug, Deserialize)]
+struct QueryBody {
+    sql: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct FormatParam {
+    format: Option<String>,
+}
+
+fn format(param: Option<&str>, headers: &HeaderMap) -> Result<Format, ApiError> {
+    if let Some(f) = param {
+        return match f {
+            "json" => Ok(Format::Json),
+            "csv" => Ok(Format::Csv),
+            "arrow" => Ok(Format::Arrow),
+            other => Err(ApiError::bad(format!(
+                "unknown format {other:?}: use json, csv or arrow"
+            ))),
+        };
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Ok(if accept.contains("text/csv") {
+        Format::Csv
+    } else if accept.contains(ARROW_STREAM) {
+        Format::Arrow
+    } else {
+        Format::Json
+    })
+}
+
+async fn run_sql(state: &AppState, sql: &str) -> Result<QueryResult, ApiError> {
+    let started = Instant::now();
+    let result = state.engine.sql(sql).await;
+    state
+        .metrics
+        .query_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Ok(result?)
+}
+
+async fn query(
+    State(state): State<AppState>,
+    Query(param): Query<FormatParam>,
+    headers: HeaderMap,
+    body: Result<Json<QueryBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) =
+        body.map_err(|e| ApiError::bad(format!("the body must be {{\"sql\": \"...\"}}: {e}")))?;
+    let format = format(param.format.as_deref(), &headers)?;
+    let result = run_sql(&state, &body.sql).await?;
+    let internal = |e: QueryError| ApiError::Internal {
+        message: e.to_string(),
+    };
+    Ok(match format {
+        Format::Json => Json(result.to_json()).into_response(),
+        Format::Csv => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("text/csv"))],
+            result.to_csv().map_err(internal)?,
+        )
+            .into_response(),
+        Format::Arrow => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM))],
+            result.to_arrow_ipc().map_err(internal)?,
+        )
+            .into_response(),
+    })
+}
+
+/// A SQL string literal.
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `1h` (that long ago) or nanoseconds since the epoch.
+fn time_bound(name: &str, value: &str) -> Result<i64, ApiError> {
+    if let Ok(ns) = value.parse::<i64>() {
+        return Ok(ns);
+    }
+    let ago: Duration = humantime::parse_duration(value).map_err(|e| {
+        ApiError::bad(format!(
+            "{name}={value:?}: expected a duration like 1h or nanoseconds since the epoch ({e})"
+        ))
+    })?;
+    Ok(crate::now_ns().saturating_sub(i64::try_from(ago.as_nanos()).unwrap_or(i64::MAX)))
+}
+
+#[derive(Debug, Deserialize)]
+struct FlowsParams {
+    namespace: Option<String>,
+    pod: Option<String>,
+    verdict: Option<String>,
+    port: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<String>,
+}
+
+async fn flows(
+    State(state): State<AppState>,
+    Query(p): Query<FlowsParams>,
+) -> Result<Json<Value>, ApiError> {
+    let mut filters = Vec::new();
+    if let Some(ns) = &p.namespace {
+        filters.push(format!(
+            "(src_namespace = {0} OR dst_namespace = {0})",
+            lit(ns)
+        ));
+    }
+    if let Some(pod) = &p.pod {
+        // `ns/pod` or a bare pod name.
+        filters.push(match pod.split_once('/') {
+            Some((ns, name)) => format!(
+                "((src_namespace = {0} AND src_pod = {1}) OR (dst_namespace = {0} AND dst_pod = {1}))",
+                lit(ns),
+                lit(name)
+            ),
+            None => format!("(src_pod = {0} OR dst_pod = {0})", lit(pod)),
+        });
+    }
+    if let Some(v) = &p.verdict {
+        if v != "allowed" && v != "denied" {
+            return Err(ApiError::bad(format!(
+                "verdict={v:?}: expected allowed or denied"
+            )));
+        }
+        filters.push(format!("verdict = {}", lit(v)));
+    }
+    if let Some(port) = &p.port {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| ApiError::bad(format!("port={port:?}: expected 0-65535")))?;
+        filters.push(format!("dst_port = {port}"));
+    }
+    if let Some(since) = &p.since {
+        filters.push(format!(
+            "time >= to_timestamp_nanos({})",
+            time_bound("since", since)?
+        ));
+    }
+    if let Some(until) = &p.until {
+        filters.push(format!(
+            "time < to_timestamp_nanos({})",
+            time_bound("until", until)?
+        ));
+    }
+    let limit = match &p.limit {
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad(format!("limit={l:?}: expected a number")))?,
+        None => 100,
+    }
+    .min(state.max_rows);
+    let filter = if filters.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", filters.join(" AND "))
+    };
+    let sql = format!("SELECT * FROM flows{filter} ORDER BY time DESC LIMIT {limit}");
+    let result = run_sql(&state, &sql).await?;
+    let rows = result
+        .to_json()
+        .get("rows")
+        .cloned()
+        .unwrap_or_else(|| json!([]));
+    Ok(Json(json!({ "flows": rows })))
+}
+
+#[derive(Debug, Deserialize)]
+struct ExplainParams {
+    from: Option<String>,
+    to: Option<String>,
+    port: Option<String>,
+    protocol: Option<String>,
+}
+
+/// A side of a connection as the user named it.
+enum Side {
+    Pod { namespace: String, name: String },
+    Ip(IpAddr),
+}
+
+impl Side {
+    fn parse(name: &str, value: Option<&str>) -> Result<Side, ApiError> {
+        let value = value.ok_or_else(|| {
+            ApiError::bad(format!(
+                "{name} is required: namespace/pod or an IP address"
+            ))
+        })?;
+        if let Ok(ip) = value.parse() {
+            return Ok(Side::Ip(ip));
+        }
+        match value.split_once('/') {
+            Some((ns, pod)) if !ns.is_empty() && !pod.is_empty() => Ok(Side::Pod {
+                namespace: ns.to_owned(),
+                name: pod.to_owned(),
+            }),
+            _ => Err(ApiError::bad(format!(
+                "{name}={value:?}: expected namespace/pod or an IP address"
+            ))),
+        }
+    }
+
+    fn endpoint(&self, cluster: &Cluster) -> Result<Endpoint, ApiError> {
+        match self {
+            Side::Ip(ip) => Ok(cluster.endpoint_for_ip(*ip)),
+            Side::Pod { namespace, name } => cluster
+                .find_pod(namespace, name)
+                .map(|pod| cluster.pod_endpoint(pod, None))
+                .ok_or_else(|| ApiError::NotFound {
+                    message: format!("no pod {namespace}/{name} in the cluster"),
+                }),
+        }
+    }
+
+    /// SQL predicate for this side in the `src` or `dst` columns.
+    fn predicate(&self, side: &str) -> String {
+        match self {
+            Side::Ip(ip) => format!("{side}_ip = {}", lit(&ip.to_string())),
+            Side::Pod { namespace, name } => {
+                format!(
+                    "({side}_namespace = {} AND {side}_pod = {})",
+                    lit(namespace),
+                    lit(name)
+                )
+            }
+        }
+    }
+}
+
+async fn explain(
+    State(state): State<AppState>,
+    Query(p): Query<ExplainParams>,
+) -> Result<Json<Value>, ApiError> {
+    let from = Side::parse("from", p.from.as_deref())?;
+    let to = Side::parse("to", p.to.as_deref())?;
+    let port_text = p
+        .port
+        .as_deref()
+        .ok_or_else(|| ApiError::bad("port is required"))?;
+    let port: u16 = port_text
+        .parse()
+        .map_err(|_| ApiError::bad(format!("port={port_text:?}: expected 0-65535")))?;
+    let protocol: Protocol = match p.protocol.as_deref() {
+        None => Protocol::Tcp,
+        Some(text) => text
+            .parse()
+            .map_err(|e| ApiError::bad(format!("protocol={text:?}: {e}")))?,
+    };
+    let snapshot = state.cluster.load();
+    let cluster = &snapshot.cluster;
+    let explanation = cluster.explain(
+        &from.endpoint(cluster)?,
+        &to.endpoint(cluster)?,
+        port,
+        protocol,
+    );
+    let explanation = serde_json::to_value(&explanation).map_err(|e| ApiError::Internal {
+        message: e.to_string(),
+    })?;
+    let proto = lit(protocol.as_str());
+    let sql = format!(
+        "SELECT * FROM flows WHERE protocol = {proto} AND (({} AND {} AND dst_port = {port} AND NOT is_reply) \
+         OR ({} AND {} AND src_port = {port} AND is_reply)) ORDER BY time DESC LIMIT 100",
+        from.predicate("src"),
+        to.predicate("dst"),
+        to.predicate("src"),
+        from.predicate("dst"),
+    );
+    let result = run_sql(&state, &sql).await?;
+    let rows = result
+        .to_json()
+        .get("rows")
+        .cloned()
+        .unwrap_or_else(|| json!([]));
+    Ok(Json(json!({ "explanation": explanation, "flows": rows })))
+}
+
+async fn policies(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let snapshot = state.cluster.load();
+    let policies: Vec<Value> = crate::tables::policy_rows(&snapshot.cluster)
+        .into_iter()
+        .map(|p| {
+            json!({
+                "namespace": p.namespace,
+                "name": p.name,
+                "pod_selector": p.pod_selector,
+                "policy_types": p.policy_types,
+                "ingress_rules": p.ingress_rules,
+                "egress_rules": p.egress_rules,
+                "selected_pods": p.selected_pods,
+                "yaml": p.yaml,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "generation": snapshot.cluster.generation(), "policies": policies }),
+    ))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if state.cluster.load().synced {
+        Ok("ready\n")
+    } else {
+        Err(ApiError::NotReady {
+            message: "the cluster state has not been loaded yet".into(),
+        })
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    crate::tables::refresh_store_metrics(&state.store, &state.metrics);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        state.metrics.render(),
+    )
+}

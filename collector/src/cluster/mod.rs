@@ -1,0 +1,11 @@
+//! Cluster state: where pods, namespaces and policies come from (the
+//! Kubernetes API in [`watch`], or YAML files in [`files`]), and how they
+//! become the snapshot flows are judged against ([`state`], [`ip_index`]).
+
+pub mod files;
+pub mod ip_index;
+pub mod state;
+pub mod watch;
+
+pub use ip_index::{IpIndex, PodIdentity};
+pub use state::{ClusterInputs, ClusterState, Snapshot, StateWriter};

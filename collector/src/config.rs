@@ -1,0 +1,68 @@
+//! Everything the collector needs to start, independent of how it was parsed
+//! (the `flowgate collector` flags, or the demo building it in code).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where cluster state (pods, namespaces, policies) comes from.
+#[derive(Debug, Clone)]
+pub enum ClusterSource {
+    /// YAML/JSON files or folders, loaded once (offline use, the demo).
+    Files(Vec<PathBuf>),
+    /// The Kubernetes API: in-cluster config, else the kubeconfig.
+    Kubernetes,
+}
+
+/// The collector's configuration. [`Config::new`] gives the defaults of the
+/// `flowgate collector` flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cluster: ClusterSource,
+    pub grpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// Flow store directory (write-ahead log and Parquet files).
+    pub data_dir: PathBuf,
+    /// Flows older than this are deleted.
+    pub retention: Duration,
+    /// Oldest flows are deleted when the store grows past this.
+    pub max_store_size: Option<u64>,
+    /// Batches with more flows are rejected.
+    pub max_batch_flows: usize,
+    /// SQL queries running longer are cancelled.
+    pub query_timeout: Duration,
+    /// SQL results are truncated after this many rows.
+    pub query_max_rows: usize,
+    /// Cluster changes are gathered for this long before the policy snapshot
+    /// is rebuilt.
+    pub rebuild_debounce: Duration,
+    /// How long a deleted pod still names its IP for late flows.
+    pub tombstone_retention: Duration,
+    /// Verdicts remembered per ingest stream.
+    pub verdict_cache_entries: usize,
+    /// Rows buffered in memory before the store writes a Parquet file.
+    pub flush_rows: usize,
+    /// Time span of one Parquet partition.
+    pub partition: Duration,
+}
+
+impl Config {
+    pub fn new(cluster: ClusterSource, data_dir: PathBuf) -> Self {
+        Self {
+            cluster,
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], flowgate_proto::DEFAULT_GRPC_PORT)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], flowgate_proto::DEFAULT_HTTP_PORT)),
+            data_dir,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_store_size: None,
+            max_batch_flows: 10_000,
+            query_timeout: Duration::from_secs(30),
+            query_max_rows: 100_000,
+            rebuild_debounce: Duration::from_millis(200),
+            tombstone_retention: Duration::from_secs(3600),
+            verdict_cache_entries: 65_536,
+            flush_rows: 100_000,
+            partition: Duration::from_secs(3600),
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! From a probe's flow to a stored row: check the record, find both
+//! endpoints' identities at the flow's time, judge the connection with the
+//! policy engine, and compare the verdict with what the kernel did.
+//!
+//! The verdict is about the connection, so a reply flow (`is_reply`) is
+//! judged in the direction of the original connection: from its destination
+//! to its source, on its source port. The replies of an allowed connection
+//! are thus allowed too.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use flowgate_policy::{
+    Cluster, Direction as PolicyDirection, Endpoint, PolicyId, Protocol, Verdict, VerdictCache,
+};
+use flowgate_proto::v1::{self, Flow};
+use flowgate_query::FlowRow;
+use rustc_hash::FxHashMap;
+
+use crate::cluster::Snapshot;
+use crate::cluster::ip_index::Interval;
+use crate::metrics::Metrics;
+
+/// Why a flow record cannot be stored: names the field and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("ip_version is unspecified or unknown ({value})")]
+    IpVersion { value: i32 },
+    #[error("{field} has {len} bytes, {version} needs {want}")]
+    IpLength {
+        field: &'static str,
+        len: usize,
+        version: &'static str,
+        want: usize,
+    },
+    #[error("protocol is unspecified or unknown ({value})")]
+    Protocol { value: i32 },
+    #[error("direction is unspecified or unknown ({value})")]
+    Direction { value: i32 },
+    #[error("kernel_fate is unspecified or unknown ({value})")]
+    KernelFate { value: i32 },
+    #[error("{field} {value} is out of range (max {max})")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        max: u64,
+    },
+    #[error("first_seen_ns {first} is after last_seen_ns {last}")]
+    TimeOrder { first: u64, last: u64 },
+}
+
+/// A flow whose fields have been checked and decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: Protocol,
+    pub ingress: bool,
+    pub dropped: bool,
+    pub first_ns: i64,
+    pub last_ns: i64,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub tcp_flags: u8,
+}
+
+/// Checks one record; the error names the first problem found.
+pub fn check(flow: &Flow) -> Result<Checked, Malformed> {
+    let (version, want) = match v1::IpVersion::try_from(flow.ip_version) {
+        Ok(v1::IpVersion::V4) => ("IPv4", 4),
+        Ok(v1::IpVersion::V6) => ("IPv6", 16),
+        _ => {
+            return Err(Malformed::IpVersion {
+                value: flow.ip_version,
+            });
+        }
+    };
+    let src = ip(&flow.src_ip, "src_ip", version, want)?;
+    let dst = ip(&flow.dst_ip, "dst_ip", version, want)?;
+    let protocol = match v1::Protocol::try_from(flow.protocol) {
+        Ok(v1::Protocol::Tcp) => Protocol::Tcp,
+        Ok(v1::Protocol::Udp) => Protocol::Udp,
+        Ok(v1::Protocol::Sctp) => Protocol::Sctp,
+        Ok(v1::Protocol::Icmp) => Protocol::Icmp,
+        Ok(v1::Protocol::Icmpv6) => Protocol::Icmpv6,
+        _ => {
+            return Err(Malformed::Protocol {
+                value: flow.protocol,
+            });
+        }
+    };
+    let ingress = match v1::Direction::try_from(flow.direction) {
+        Ok(v1::Direction::Ingress) => true,
+        Ok(v1::Direction::Egress) => false,
+        _ => {
+            return Err(Malformed::Direction {
+                value: flow.direction,
+            });
+        }
+    };
+    let dropped = match v1::KernelFate::try_from(flow.kernel_fate) {
+        Ok(v1::KernelFate::Forwarded) => false,
+        Ok(v1::KernelFate::Dropped) => true,
+        _ => {
+            return Err(Malformed::KernelFate {
+                value: flow.kernel_fate,
+            });
+        }
+    };
+    let port = |field, value: u32| {
+        u16::try_from(value).map_err(|_| Malformed::OutOfRange {
+            field,
+            value: value.into(),
+            max: 65535,
+        })
+    };
+    let time = |field, value: u64| {
+        i64::try_from(value).map_err(|_| Malformed::OutOfRange {
+            field,
+            value,
+            max: i64::MAX as u64,
+        })
+    };
+    if flow.first_seen_ns > flow.last_seen_ns {
+        return Err(Malformed::TimeOrder {
+            first: flow.first_seen_ns,
+            last: flow.last_seen_ns,
+        });
+    }
+    Ok(Checked {
+        src,
+        dst,
+        protocol,
+        ingress,
+        dropped,
+        first_ns: time("first_seen_ns", flow.first_seen_ns)?,
+        last_ns: time("last_seen_ns", flow.last_seen_ns)?,
+        src_port: port("src_port", flow.src_port)?,
+        dst_port: port("dst_port", flow.dst_port)?,
+        tcp_flags: u8::try_from(flow.tcp_flags).map_err(|_| Malformed::OutOfRange {
+            field: "tcp_flags",
+            value: flow.tcp_flags.into(),
+            max: 255,
+        })?,
+    })
+}
+
+fn ip(
+    bytes: &[u8],
+    field: &'static str,
+    version: &'static str,
+    want: usize,
+) -> Result<IpAddr, Malformed> {
+    let bad = || Malformed::IpLength {
+        field,
+        len: bytes.len(),
+        version,
+        want,
+    };
+    match want {
+        4 => <[u8; 4]>::try_from(bytes)
+            .map(|b| IpAddr::V4(Ipv4Addr::from(b)))
+            .map_err(|_| bad()),
+        _ => <[u8; 16]>::try_from(bytes)
+            .map(|b| IpAddr::V6(Ipv6Addr::from(b)))
+            .map_err(|_| bad()),
+    }
+}
+
+/// Per-batch tally of verdicts by deciding policy, folded into the metrics
+/// once per batch rather than once per flow.
+#[derive(Default)]
+pub struct VerdictTally {
+    counts: FxHashMap<(bool, Option<PolicyId>), u64>,
+    mismatches: u64,
+}
+
+impl VerdictTally {
+    pub fn record(&self, metrics: &Metrics, cluster: &Cluster) {
+        for (&(allowed, policy), &n) in &self.counts {
+            let verdict = if allowed { "allowed" } else { "denied" };
+            let policy = policy.map_or_else(|| "none".to_owned(), |p| cluster.policy(p).key());
+            metrics
+                .verdicts
+                .get_or_create(&vec![("verdict", verdict.to_owned()), ("policy", policy)])
+                .inc_by(n);
+        }
+        metrics.enforcement_mismatches.inc_by(self.mismatches);
+    }
+}
+
+/// Turns checked flows into rows. Owns a verdict cache: one per ingest
+/// stream, so that the hot path takes no lock.
+pub struct Enricher {
+    cache: VerdictCache,
+}
+
+impl Enricher {
+    pub fn new(cache_entries: usize) -> Self {
+        Enricher {
+            cache: VerdictCache::new(cache_entries),
+        }
+    }
+
+    /// The stored row for `flow` (already [`check`]ed as `c`), judged under
+    /// `snapshot`. `node` is the batch's node, used when the flow has none.
+    pub fn row(
+        &mut self,
+        snapshot: &Snapshot,
+        flow: &Flow,
+        c: &Checked,
+        node: &str,
+        tally: &mut VerdictTally,
+    ) -> FlowRow {
+        let cluster = &snapshot.cluster;
+        let src_at = snapshot.ips.lookup(c.src, c.first_ns);
+        let dst_at = snapshot.ips.lookup(c.dst, c.first_ns);
+        let src_ep = endpoint(cluster, c.src, src_at);
+        let dst_ep = endpoint(cluster, c.dst, dst_at);
+        // Judge the original connection: for a reply, that is dst → src on
+        // the reply's source port.
+        let verdict = if flow.is_reply {
+            self.cache
+                .verdict(cluster, &dst_ep, &src_ep, c.src_port, c.protocol)
+        } else {
+            self.cache
+                .verdict(cluster, &src_ep, &dst_ep, c.dst_port, c.protocol)
+        };
+        let allowed = verdict.allowed;
+        let mismatch = allowed == c.dropped;
+        let deciding = deciding_policy(verdict);
+        *tally.counts.entry((allowed, deciding)).or_default() += 1;
+        tally.mismatches += u64::from(mismatch);
+        let (allowed_by, allowed_rules, denied_by) = policy_names(cluster, verdict);
+        let dir = |d: &flowgate_policy::DirectionVerdict| match (d.applicable, d.allowed) {
+            (false, _) => "not_applicable",
+            (true, true) => "allowed",
+            (true, false) => "denied",
+        };
+        let (egress_verdict, ingress_verdict) = (
+            dir(&verdict.egress).to_owned(),
+            dir(&verdict.ingress).to_owned(),
+        );
+        let generation = verdict.generation;
+        let id = |i: Option<&Interval>| i.map(|i| i.identity.clone());
+        let (src_id, dst_id) = (id(src_at), id(dst_at));
+        FlowRow {
+            time_ns: c.first_ns,
+            last_seen_ns: c.last_ns,
+            node: if flow.node.is_empty() {
+                node.to_owned()
+            } else {
+                flow.node.clone()
+            },
+            interface: flow.interface.clone(),
+            direction: if c.ingress { "ingress" } else { "egress" }.to_owned(),
+            ip_version: if c.src.is_ipv4() { 4 } else { 6 },
+            src_ip: c.src.to_string(),
+            dst_ip: c.dst.to_string(),
+            src_port: c.src_port,
+            dst_port: c.dst_port,
+            protocol: c.protocol.as_str().to_owned(),
+            packets: flow.packets,
+            bytes: flow.bytes,
+            tcp_flags: c.tcp_flags,
+            is_reply: flow.is_reply,
+            src_namespace: src_id.as_ref().map(|i| i.namespace.clone()),
+            src_pod: src_id.as_ref().map(|i| i.name.clone()),
+            src_workload: src_id.as_ref().and_then(|i| i.workload.clone()),
+            src_workload_kind: src_id.as_ref().and_then(|i| i.workload_kind.clone()),
+            src_labels: src_id.as_ref().map(|i| i.labels_json.clone()),
+            dst_namespace: dst_id.as_ref().map(|i| i.namespace.clone()),
+            dst_pod: dst_id.as_ref().map(|i| i.name.clone()),
+            dst_workload: dst_id.as_ref().and_then(|i| i.workload.clone()),
+            dst_workload_kind: dst_id.as_ref().and_then(|i| i.workload_kind.clone()),
+            dst_labels: dst_id.as_ref().map(|i| i.labels_json.clone()),
+            verdict: if allowed { "allowed" } else { "denied" }.to_owned(),
+            egress_verdict,
+            ingress_verdict,
+            allowed_by,
+            allowed_rules,
+            denied_by,
+            policy_generation: generation,
+            kernel_fate: if c.dropped { "dropped" } else { "forwarded" }.to_owned(),
+            drop_reason: (!flow.drop_reason.is_empty()).then(|| flow.drop_reason.clone()),
+            enforcement_mismatch: mismatch,
+        }
+    }
+}
+
+/// The policy endpoint for an address at the flow's time. A pod that held the
+/// address then but is gone from the current snapshot cannot be judged as a
+/// pod any more; it is judged by address (as the rest of the world is).
+fn endpoint(cluster: &Cluster, ip: IpAddr, at: Option<&Interval>) -> Endpoint {
+    match at.and_then(|i| i.pod) {
+        Some(pod) => cluster.pod_endpoint(pod, Some(ip)),
+        None if at.is_some() => Endpoint { ip, pod: None },
+        // Not a pod address: hostNetwork pods and nodes are known to the
+        // engine by address; everything else is the world.
+        None => {
+            let e = cluster.endpoint_for_ip(ip);
+            if e.pod.is_some() {
+                Endpoint { ip, pod: None }
+            } else {
+                e
+            }
+        }
+    }
+}
+
+/// The policy a verdict is counted under: the first admitting one, or the
+/// first isolating one for a denial.
+fn deciding_policy(v: &Verdict) -> Option<PolicyId> {
+    if v.allowed {
+        v.egress
+            .allowed_by
+            .iter()
+            .chain(&v.ingress.allowed_by)
+            .map(|r| r.policy)
+            .next()
+    } else {
+        [&v.egress, &v.ingress]
+            .into_iter()
+            .filter(|d| d.applicable && !d.allowed)
+            .flat_map(|d| d.isolated_by.iter())
+            .copied()
+            .next()
+    }
+}
+
+/// `allowed_by` ("ns/name", unique), `allowed_rules` ("ns/name/ingress/0")
+/// and `denied_by` (policies isolating a denied direction).
+fn policy_names(cluster: &Cluster, v: &Verdict) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut allowed_by: Vec<String> = Vec::new();
+    let mut rules = Vec::new();
+    for r in v.egress.allowed_by.iter().chain(&v.ingress.allowed_by) {
+        let key = cluster.policy(r.policy).key();
+        let direction = match r.direction {
+            PolicyDirection::Ingress => "ingress",
+            PolicyDirection::Egress => "egress",
+        };
+        rules.push(format!("{key}/{direction}/{}", r.index));
+        if !allowed_by.contains(&key) {
+            allowed_by.push(key);
+        }
+    }
+    let mut denied_by: Vec<String> = Vec::new();
+    for d in [&v.egress, &v.ingress] {
+        if d.applicable && !d.allowed {
+            for p in d.isolated_by.iter() {
+                let key = cluster.policy(*p).key();
+                if !denied_by.contains(&key) {
+                    denied_by.push(key);
+                }
+            }
+        }
+    }
+    (allowed_by, rules, denied_by)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow() -> Flow {
+        Flow {
+            first_seen_ns: 1,
+            last_seen_ns: 2,
+            direction: v1::Direction::Egress as i32,
+            ip_version: v1::IpVersion::V4 as i32,
+            src_ip: vec![10, 0, 0, 1],
+            dst_ip: vec![10, 0, 0, 2],
+            protocol: v1::Protocol::Tcp as i32,
+            src_port: 40000,
+            dst_port: 80,
+            kernel_fate: v1::KernelFate::Forwarded as i32,
+            ..Flow::default()
+        }
+    }
+
+    #[test]
+    fn a_good_record_decodes() {
+        let c = check(&flow()).unwrap();
+        assert_eq!(c.src, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(c.dst_port, 80);
+        assert!(!c.ingress && !c.dropped);
+    }
+
+    #[test]
+    fn each_malformed_field_is_named() {
+        type Mutation = Box<dyn Fn(&mut Flow)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                Box::new(|f| f.src_ip = vec![1, 2, 3]),
+                "src_ip has 3 bytes, IPv4 needs 4",
+            ),
+            (
+                Box::new(|f| f.dst_ip = vec![0; 16]),
+                "dst_ip has 16 bytes, IPv4 needs 4",
+            ),
+            (Box::new(|f| f.ip_version = 0), "ip_version is unspecified"),
+            (Box::new(|f| f.protocol = 0), "protocol is unspecified"),
+            (
+                Box::new(|f| f.protocol = 99),
+                "protocol is unspecified or unknown (99)",
+            ),
+            (Box::new(|f| f.direction = 0), "direction is unspecified"),
+            (
+                Box::new(|f| f.kernel_fate = 0),
+                "kernel_fate is unspecified",
+            ),
+            (
+                Box::new(|f| f.dst_port = 70000),
+                "dst_port 70000 is out of range",
+            ),
+            (
+                Box::new(|f| f.tcp_flags = 256),
+                "tcp_flags 256 is out of range",
+            ),
+            (
+                Box::new(|f| f.first_seen_ns = 5),
+                "first_seen_ns 5 is after last_seen_ns 2",
+            ),
+        ];
+        for (mutate, want) in cases {
+            let mut f = flow();
+            mutate(&mut f);
+            let err = check(&f).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The gRPC `FlowIngest` service: many probes stream batches at once; each
+//! batch is checked, deduplicated by (probe_id, sequence), enriched, stored,
+//! and only then acknowledged STORED.
+//!
+//! A batch that cannot be stored as sent (unknown schema version, too many
+//! flows, a malformed record) gets a REJECTED ack whose reason names the
+//! problem, and the stream goes on. A store failure is not the sender's
+//! fault: the stream ends with UNAVAILABLE and the probe resends unacked
+//! batches after reconnecting.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use flowgate_proto::v1::flow_ingest_server::{FlowIngest, FlowIngestServer};
+use flowgate_proto::v1::{AckStatus, BatchAck, FlowBatch, SchemaVersion};
+use flowgate_query::{FlowRow, FlowStore};
+use futures::{Stream, StreamExt};
+use rustc_hash::FxHashMap;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cluster::ClusterState;
+use crate::enrich::{Enricher, VerdictTally, check};
+use crate::metrics::{Metrics, RejectKind};
+
+/// Sequences remembered per probe for deduplication. Older ones are
+/// summarised by a floor: anything below it counts as already stored.
+const SEQUENCES_REMEMBERED: usize = 4096;
+/// Acks queued per stream before the stream stops reading batches (the
+/// probe then waits: backpressure, nothing dropped).
+const ACK_QUEUE: usize = 16;
+/// gRPC messages up to this size are decoded, so that an over-large batch
+/// gets a REJECTED ack naming the limit rather than a transport error.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The ingest service; clone it freely.
+#[derive(Clone)]
+pub struct Ingest {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: FlowStore,
+    state: ClusterState,
+    metrics: Arc<Metrics>,
+    max_batch_flows: usize,
+    cache_entries: usize,
+    probes: Mutex<FxHashMap<String, Arc<tokio::sync::Mutex<Seen>>>>,
+    /// For unary `Push`, which has no stream to own a cache.
+    push_enricher: tokio::sync::Mutex<Enricher>,
+}
+
+#[derive(Default)]
+struct Seen {
+    floor: u64,
+    recent: BTreeSet<u64>,
+}
+
+impl Seen {
+    fn contains(&self, seq: u64) -> bool {
+        seq < self.floor || self.recent.contains(&seq)
+    }
+
+    fn insert(&mut self, seq: u64) {
+        self.recent.insert(seq);
+        while self.recent.len() > SEQUENCES_REMEMBERED {
+            if let Some(oldest) = self.recent.pop_first() {
+                self.floor = self.floor.max(oldest + 1);
+            }
+        }
+    }
+}
+
+impl Ingest {
+    pub fn new(
+        store: FlowStore,
+        state: ClusterState,
+        metrics: Arc<Metrics>,
+        max_batch_flows: usize,
+        cache_entries: usize,
+    ) -> Self {
+        Ingest {
+            inner: Arc::new(Inner {
+                store,
+                state,
+                metrics,
+                max_batch_flows,
+                cache_entries,
+                probes: Mutex::default(),
+                push_enricher: tokio::sync::Mutex::new(Enricher::new(cache_entries)),
+            }),
+        }
+    }
+
+    /// The tonic service, ready for `Server::add_service`.
+    pub fn into_service(self) -> FlowIngestServer<Self> {
+        FlowIngestServer::new(self).max_decoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Handles one batch: the ack to send, or a status ending the exchange
+    /// when the store failed.
+    pub async fn handle(
+        &self,
+        enricher: &mut Enricher,
+        batch: FlowBatch,
+    ) -> Result<BatchAck, Status> {
+        let inner = &self.inner;
+        let ack = |status: AckStatus, reason: String, stored: u32| BatchAck {
+            probe_id: batch.probe_id.clone(),
+            sequence: batch.sequence,
+            status: status as i32,
+            reason,
+            flows_stored: stored,
+        };
+        let reject = |kind: RejectKind, reason: String| {
+            inner.metrics.rejected(kind, batch.flows.len());
+            tracing::debug!(probe = %batch.probe_id, sequence = batch.sequence, %reason, "batch rejected");
+            Ok(ack(AckStatus::Rejected, reason, 0))
+        };
+        if batch.schema_version != SchemaVersion::V1 as i32 {
+            return reject(
+                RejectKind::SchemaVersion,
+                format!(
+                    "unknown schema_version {} (this collector accepts {} = SCHEMA_VERSION_V1)",
+                    batch.schema_version,
+                    SchemaVersion::V1 as i32
+                ),
+            );
+        }
+        if batch.probe_id.is_empty() {
+            return reject(
+                RejectKind::Malformed,
+                "probe_id is empty (needed to deduplicate resent batches)".into(),
+            );
+        }
+        if batch.flows.len() > inner.max_batch_flows {
+            return reject(
+                RejectKind::TooLarge,
+                format!(
+                    "batch has {} flows, the limit is {} (--max-batch-flows)",
+                    batch.flows.len(),
+                    inner.max_batch_flows
+                ),
+            );
+        }
+        if let Some(losses) = &batch.losses {
+            for (kind, value) in [
+                ("ringbuf_lost_events", losses.ringbuf_lost_events),
+                ("buffer_overflow_records", losses.buffer_overflow_records),
+                ("flow_table_evictions", losses.flow_table_evictions),
+            ] {
+                let labels = vec![("probe", batch.probe_id.clone()), ("kind", kind.to_owned())];
+                inner.metrics.probe_losses.get_or_create(&labels).set(value);
+            }
+        }
+        let seen = {
+            let mut probes = inner.probes.lock().unwrap_or_else(|p| p.into_inner());
+            probes.entry(batch.probe_id.clone()).or_default().clone()
+        };
+        // Held until the batch is stored, so a concurrent resend of the same
+        // batch waits and then sees it as a duplicate.
+        let mut seen = seen.lock().await;
+        if seen.contains(batch.sequence) {
+            inner.metrics.batches_duplicate.inc();
+            return Ok(ack(AckStatus::Duplicate, String::new(), 0));
+        }
+        let mut checked = Vec::with_capacity(batch.flows.len());
+        for (i, flow) in batch.flows.iter().enumerate() {
+            match check(flow) {
+                Ok(c) => checked.push(c),
+                Err(e) => return reject(RejectKind::Malformed, format!("flow {i}: {e}")),
+            }
+        }
+        let snapshot = inner.state.load();
+        let mut tally = VerdictTally::default();
+        let rows: Vec<FlowRow> = batch
+            .flows
+            .iter()
+            .zip(&checked)
+            .map(|(flow, c)| enricher.row(&snapshot, flow, c, &batch.node, &mut tally))
+            .collect();
+        let n = rows.len();
+        let store = inner.store.clone();
+        let stored = tokio::task::spawn_blocking(move || store.append(&rows)).await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                inner.metrics.rejected(RejectKind::Store, n);
+                tracing::error!(error = %e, probe = %batch.probe_id, "cannot store a batch");
+                return Err(Status::unavailable(format!("the flow store failed: {e}")));
+            }
+            Err(e) => {
+                inner.metrics.rejected(RejectKind::Store, n);
+                return Err(Status::internal(format!("the store task failed: {e}")));
+            }
+        }
+        seen.insert(batch.sequence);
+        drop(seen);
+        tally.record(&inner.metrics, &snapshot.cluster);
+        inner.metrics.flows_ingested.inc_by(n as u64);
+        inner.metrics.batches_stored.inc();
+        Ok(ack(
+            AckStatus::Stored,
+            String::new(),
+            u32::try_from(n).unwrap_or(u32::MAX),
+        ))
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<BatchAck, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl FlowIngest for Ingest {
+    type StreamStream = AckStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<FlowBatch>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(ACK_QUEUE);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut enricher = Enricher::new(this.inner.cache_entries);
+            while let Some(message) = inbound.next().await {
+                let result = match message {
+                    Ok(batch) => this.handle(&mut enricher, batch).await,
+                    Err(status) => {
+                        tracing::debug!(%status, "probe stream ended");
+                        break;
+                    }
+                };
+                let failed = result.is_err();
+                // The receiver is gone when the probe hung up.
+                if tx.send(result).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn push(&self, request: Request<FlowBatch>) -> Result<Response<BatchAck>, Status> {
+        let mut enricher = self.inner.push_enricher.lock().await;
+        self.handle(&mut enricher, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}

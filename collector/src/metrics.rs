@@ -1,0 +1,167 @@
+//! The collector's Prometheus metrics: what came in, what was refused or
+//! lost (and why), how flows were judged, and how queries perform.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// All metrics, registered once; cheap to update from any thread.
+pub struct Metrics {
+    registry: Registry,
+    pub flows_ingested: Counter,
+    pub batches_stored: Counter,
+    pub batches_duplicate: Counter,
+    /// Rejected batches by reason (schema, size, malformed, store).
+    pub batches_rejected: Family<Labels, Counter>,
+    /// Flows inside rejected batches, by reason.
+    pub flows_rejected: Family<Labels, Counter>,
+    /// Flows judged, by final verdict and the policy that decided it.
+    pub verdicts: Family<Labels, Counter>,
+    pub enforcement_mismatches: Counter,
+    /// Probe losses reported in-band, by probe and kind.
+    pub probe_losses: Family<Labels, Gauge<u64, AtomicU64>>,
+    pub store_rows: Gauge<i64>,
+    pub store_bytes: Gauge<i64>,
+    pub query_seconds: Histogram,
+    pub policy_generation: Gauge<i64>,
+    /// Cluster changes folded into an already pending rebuild.
+    pub rebuilds_coalesced: Counter,
+    /// Invalid cluster objects skipped by the policy engine.
+    pub cluster_objects_invalid: Gauge<i64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("flowgate_collector");
+        let m = Self {
+            registry: Registry::default(),
+            flows_ingested: Counter::default(),
+            batches_stored: Counter::default(),
+            batches_duplicate: Counter::default(),
+            batches_rejected: Family::default(),
+            flows_rejected: Family::default(),
+            verdicts: Family::default(),
+            enforcement_mismatches: Counter::default(),
+            probe_losses: Family::default(),
+            store_rows: Gauge::default(),
+            store_bytes: Gauge::default(),
+            query_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            policy_generation: Gauge::default(),
+            rebuilds_coalesced: Counter::default(),
+            cluster_objects_invalid: Gauge::default(),
+        };
+        registry.register("flows_ingested", "Flows stored", m.flows_ingested.clone());
+        registry.register("batches_stored", "Batches stored", m.batches_stored.clone());
+        registry.register(
+            "batches_duplicate",
+            "Batches received again after being stored (same probe and sequence)",
+            m.batches_duplicate.clone(),
+        );
+        registry.register(
+            "batches_rejected",
+            "Batches rejected, by reason",
+            m.batches_rejected.clone(),
+        );
+        registry.register(
+            "flows_rejected",
+            "Flows in rejected batches, by reason",
+            m.flows_rejected.clone(),
+        );
+        registry.register(
+            "verdicts",
+            "Flows judged, by verdict and deciding policy (\"none\" when no policy applies)",
+            m.verdicts.clone(),
+        );
+        registry.register(
+            "enforcement_mismatches",
+            "Flows whose policy verdict and kernel fate disagree",
+            m.enforcement_mismatches.clone(),
+        );
+        registry.register(
+            "probe_losses",
+            "Losses reported by probes since they started, by probe and kind",
+            m.probe_losses.clone(),
+        );
+        registry.register(
+            "store_rows",
+            "Flows held by the store",
+            m.store_rows.clone(),
+        );
+        registry.register(
+            "store_bytes",
+            "Bytes used by the store (memory and disk)",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "query_seconds",
+            "SQL query latency",
+            m.query_seconds.clone(),
+        );
+        registry.register(
+            "policy_generation",
+            "Generation of the cluster snapshot verdicts are computed under",
+            m.policy_generation.clone(),
+        );
+        registry.register(
+            "rebuilds_coalesced",
+            "Cluster changes folded into an already pending snapshot rebuild",
+            m.rebuilds_coalesced.clone(),
+        );
+        registry.register(
+            "cluster_objects_invalid",
+            "Cluster objects the policy engine skipped as invalid",
+            m.cluster_objects_invalid.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts a rejected batch and its flows under one reason label.
+    pub fn rejected(&self, reason: RejectKind, flows: usize) {
+        let labels = vec![("reason", reason.as_str().to_owned())];
+        self.batches_rejected.get_or_create(&labels).inc();
+        self.flows_rejected
+            .get_or_create(&labels)
+            .inc_by(flows as u64);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Why a batch was rejected: the label of the rejection counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    SchemaVersion,
+    TooLarge,
+    Malformed,
+    Store,
+}
+
+impl RejectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::SchemaVersion => "schema_version",
+            RejectKind::TooLarge => "too_large",
+            RejectKind::Malformed => "malformed",
+            RejectKind::Store => "store",
+        }
+    }
+}
