@@ -46,7 +46,7 @@ fi
 # Browser-test driver (playwright-core drives Debian's chromium; it downloads no browser).
 if [ -f web/tests/package.json ]; then
   log "installing web test dependencies (npm)"
-  (cd web/tests && npm install --no-audit --no-fund --silent)
+  (cd web/tests && npm ci --no-audit --no-fund --silent)
 fi
 
 log "done"

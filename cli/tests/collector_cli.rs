@@ -5,15 +5,13 @@
 //! after its acknowledgements and starts it again on the same data folder:
 //! every acknowledged flow must still be queryable, with its annotation.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
-const FLOWGATE: &str = env!("CARGO_BIN_EXE_flowgate");
+mod support;
+use support::{Collector, flowgate, http, sql, succeed};
 
 fn collector_fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,148 +19,8 @@ fn collector_fixture(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// A running `flowgate collector`, killed when dropped.
-struct Collector {
-    child: Child,
-    grpc: String,
-    http: String,
-}
-
-impl Collector {
-    fn start(data: &Path) -> Result<Collector> {
-        let mut child = Command::new(FLOWGATE)
-            .arg("collector")
-            .arg("--cluster")
-            .arg(collector_fixture("cluster"))
-            .args([
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("start flowgate collector")?;
-        let stdout = child.stdout.take().context("collector stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut grpc, mut http) = (None, None);
-        while grpc.is_none() || http.is_none() {
-            let line = lines
-                .next()
-                .context("the collector exited before printing its addresses")??;
-            if let Some(addr) = line.strip_prefix("grpc listening on ") {
-                grpc = Some(format!("http://{addr}"));
-            } else if let Some(addr) = line.strip_prefix("http listening on ") {
-                http = Some(format!("http://{addr}"));
-            }
-        }
-        Ok(Collector {
-            child,
-            grpc: grpc.unwrap_or_default(),
-            http: http.unwrap_or_default(),
-        })
-    }
-
-    /// SIGKILL: the process gets no chance to flush or say goodbye.
-    fn kill(mut self) -> Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn flowgate(args: &[&str]) -> Result<Output> {
-    Ok(Command::new(FLOWGATE)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()?)
-}
-
-fn succeed(args: &[&str]) -> Result<String> {
-    let out = flowgate(args)?;
-    ensure!(
-        out.status.success(),
-        "flowgate {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-/// `POST /api/v1/query` through curl-free plain HTTP (std only).
-fn http(method: &str, base: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let authority = base.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(authority)?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .context("no status")?
-        .parse()?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)?
-    } else {
-        rest.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut rest: &str) -> Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, tail) = rest.split_once("\r\n").context("chunk size")?;
-        let size = usize::from_str_radix(size.trim(), 16)?;
-        if size == 0 {
-            return Ok(out);
-        }
-        out.push_str(tail.get(..size).context("short chunk")?);
-        rest = tail.get(size + 2..).context("chunk end")?;
-    }
-}
-
-fn sql(base: &str, query: &str) -> Result<Vec<Value>> {
-    let body = serde_json::json!({ "sql": query }).to_string();
-    let (status, text) = http("POST", base, "/api/v1/query", Some(&body))?;
-    ensure!(status == 200, "{query}: HTTP {status}: {text}");
-    let answer: Value = serde_json::from_str(&text)?;
-    Ok(answer["rows"].as_array().context("rows")?.clone())
-}
-
-fn wait_ready(base: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok((200, _)) = http("GET", base, "/readyz", None) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{base}/readyz never answered 200");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn start(data: &Path) -> Result<Collector> {
+    Collector::start(&collector_fixture("cluster"), data)
 }
 
 const ANNOTATED: &str = "SELECT src_ip, dst_port, src_pod, dst_pod, verdict, denied_by, kernel_fate, \
@@ -172,8 +30,7 @@ const ANNOTATED: &str = "SELECT src_ip, dst_port, src_pod, dst_pod, verdict, den
 fn acknowledged_flows_survive_a_killed_collector() -> Result<()> {
     let data = tempfile::tempdir()?;
     let flows = collector_fixture("e2e-flows.yaml");
-    let first = Collector::start(data.path())?;
-    wait_ready(&first.http)?;
+    let first = start(data.path())?;
     // Two runs of the same file: 12 acknowledged flows, in 4 batches.
     for probe in ["probe-a", "probe-b"] {
         let out = succeed(&[
@@ -192,8 +49,7 @@ fn acknowledged_flows_survive_a_killed_collector() -> Result<()> {
     assert_eq!(before.len(), 12);
     first.kill()?;
 
-    let second = Collector::start(data.path())?;
-    wait_ready(&second.http)?;
+    let second = start(data.path())?;
     let after = sql(&second.http, ANNOTATED)?;
     assert_eq!(after, before, "the same rows, with the same annotation");
     let mismatches: Vec<_> = after
@@ -220,8 +76,7 @@ fn acknowledged_flows_survive_a_killed_collector() -> Result<()> {
 #[test]
 fn query_prints_a_table_and_the_api_answers_filters_and_explanations() -> Result<()> {
     let data = tempfile::tempdir()?;
-    let collector = Collector::start(data.path())?;
-    wait_ready(&collector.http)?;
+    let collector = start(data.path())?;
     let flows = collector_fixture("e2e-flows.yaml");
     succeed(&[
         "replay",
@@ -275,6 +130,52 @@ fn query_prints_a_table_and_the_api_answers_filters_and_explanations() -> Result
     let (status, body) = http("GET", &collector.http, "/api/v1/flows?verdict=maybe", None)?;
     assert_eq!(status, 400);
     assert!(body.contains("expected allowed or denied"), "{body}");
+
+    // One end, a policy, mismatches: what the dashboard's map and policy
+    // pages link to.
+    for (query, want) in [
+        ("from=other/client&to=shop&mismatch=true", vec![80, 5432]),
+        ("from=shop/web", vec![53, 5432]),
+        ("to=8.8.8.8", vec![53]),
+        ("to=8.8.0.0/16", vec![53]),
+        ("to=8.8.9.0/24", vec![]),
+        ("policy=shop/web-allow-http", vec![80]),
+        ("policy=shop/default-deny&mismatch=false", vec![6379]),
+    ] {
+        let (status, body) = http(
+            "GET",
+            &collector.http,
+            &format!("/api/v1/flows?{query}"),
+            None,
+        )?;
+        assert_eq!(status, 200, "{query}: {body}");
+        let answer: Value = serde_json::from_str(&body)?;
+        let mut ports: Vec<u64> = answer["flows"]
+            .as_array()
+            .context("flows")?
+            .iter()
+            .filter_map(|f| f["dst_port"].as_u64())
+            .collect();
+        ports.sort_unstable();
+        assert_eq!(ports, want, "{query}");
+    }
+    for (query, message) in [
+        ("policy=nameless", "expected namespace/name"),
+        (
+            "from=a/",
+            "expected an IP, an IPv4 /8, /16 or /24 network, a namespace",
+        ),
+        ("mismatch=maybe", "expected true or false"),
+    ] {
+        let (status, body) = http(
+            "GET",
+            &collector.http,
+            &format!("/api/v1/flows?{query}"),
+            None,
+        )?;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.contains(message), "{query}: {body}");
+    }
 
     // GET /api/v1/explain: the engine's words plus the flows seen for the pair.
     let (status, body) = http(

@@ -186,6 +186,53 @@ async fn query(
     })
 }
 
+/// One end of a flow (`side` is `src` or `dst`) as a user names it: an IP,
+/// a namespace, or `namespace/name` where name is a workload or a pod.
+fn end_filter(side: &str, param: &str, value: &str) -> Result<String, ApiError> {
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        return Ok(format!("{side}_ip = {}", lit(&ip.to_string())));
+    }
+    if let Some(prefix) = ipv4_octet_prefix(value) {
+        return Ok(format!("starts_with({side}_ip, {})", lit(&prefix)));
+    }
+    match value.split_once('/') {
+        None if !value.is_empty() => Ok(format!("{side}_namespace = {}", lit(value))),
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok(format!(
+            "({side}_namespace = {0} AND ({side}_workload = {1} OR {side}_pod = {1}))",
+            lit(ns),
+            lit(name)
+        )),
+        _ => Err(ApiError::bad(format!(
+            "{param}={value:?}: expected an IP, an IPv4 /8, /16 or /24 network, a namespace, or namespace/workload-or-pod"
+        ))),
+    }
+}
+
+/// `192.0.2.0/24` → `"192.0.2."`: an IPv4 network on an octet boundary as
+/// the text prefix its addresses share (the map groups external addresses so).
+fn ipv4_octet_prefix(value: &str) -> Option<String> {
+    let (net, len) = value.split_once('/')?;
+    let net: std::net::Ipv4Addr = net.parse().ok()?;
+    let octets = match len.parse::<u8>().ok()? {
+        8 => 1,
+        16 => 2,
+        24 => 3,
+        _ => return None,
+    };
+    let kept: Vec<String> = net.octets()[..octets].iter().map(u8::to_string).collect();
+    Some(format!("{}.", kept.join(".")))
+}
+
+/// The `rows` of a query's JSON answer.
+async fn sql_rows(state: &AppState, sql: &str) -> Result<Value, ApiError> {
+    let result = run_sql(state, sql).await?;
+    Ok(result
+        .to_json()
+        .get("rows")
+        .cloned()
+        .unwrap_or_else(|| json!([])))
+}
+
 /// A SQL string literal.
 fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -208,6 +255,13 @@ fn time_bound(name: &str, value: &str) -> Result<i64, ApiError> {
 struct FlowsParams {
     namespace: Option<String>,
     pod: Option<String>,
+    /// One end only: `namespace`, `namespace/workload-or-pod` or an IP.
+    from: Option<String>,
+    to: Option<String>,
+    /// `namespace/name`: flows this policy allowed or denied.
+    policy: Option<String>,
+    /// `true`: only flows whose kernel fate disagrees with the verdict.
+    mismatch: Option<String>,
     verdict: Option<String>,
     port: Option<String>,
     since: Option<String>,
@@ -236,6 +290,36 @@ async fn flows(
             ),
             None => format!("(src_pod = {0} OR dst_pod = {0})", lit(pod)),
         });
+    }
+    if let Some(from) = &p.from {
+        filters.push(end_filter("src", "from", from)?);
+    }
+    if let Some(to) = &p.to {
+        filters.push(end_filter("dst", "to", to)?);
+    }
+    if let Some(policy) = &p.policy {
+        if policy
+            .split_once('/')
+            .is_none_or(|(ns, n)| ns.is_empty() || n.is_empty())
+        {
+            return Err(ApiError::bad(format!(
+                "policy={policy:?}: expected namespace/name"
+            )));
+        }
+        filters.push(format!(
+            "(array_has(allowed_by, {0}) OR array_has(denied_by, {0}))",
+            lit(policy)
+        ));
+    }
+    match p.mismatch.as_deref() {
+        None | Some("") => {}
+        Some("true") => filters.push("enforcement_mismatch".into()),
+        Some("false") => filters.push("NOT enforcement_mismatch".into()),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "mismatch={other:?}: expected true or false"
+            )));
+        }
     }
     if let Some(v) = &p.verdict {
         if v != "allowed" && v != "denied" {
@@ -276,12 +360,7 @@ async fn flows(
         format!(" WHERE {}", filters.join(" AND "))
     };
     let sql = format!("SELECT * FROM flows{filter} ORDER BY time DESC LIMIT {limit}");
-    let result = run_sql(&state, &sql).await?;
-    let rows = result
-        .to_json()
-        .get("rows")
-        .cloned()
-        .unwrap_or_else(|| json!([]));
+    let rows = sql_rows(&state, &sql).await?;
     Ok(Json(json!({ "flows": rows })))
 }
 
@@ -386,12 +465,7 @@ async fn explain(
         to.predicate("src"),
         from.predicate("dst"),
     );
-    let result = run_sql(&state, &sql).await?;
-    let rows = result
-        .to_json()
-        .get("rows")
-        .cloned()
-        .unwrap_or_else(|| json!([]));
+    let rows = sql_rows(&state, &sql).await?;
     Ok(Json(json!({ "explanation": explanation, "flows": rows })))
 }
 

@@ -261,7 +261,8 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
         cluster: state,
         metrics,
         max_rows: config.query_max_rows,
-    });
+    })
+    .merge(flowgate_web::router());
     let mut http_stop = stopped;
     servers.spawn(async move {
         axum::serve(http, router)

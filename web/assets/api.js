@@ -1,0 +1,65 @@
+// Calls to the collector's API. Every failure becomes an ApiError that says
+// what was asked and what the server answered, so the page can show it.
+
+export class ApiError extends Error {
+  constructor(what, status, message) {
+    super(status ? `${what}: HTTP ${status}: ${message}` : `${what}: ${message}`);
+    this.status = status;
+  }
+}
+
+async function request(what, path, options) {
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (e) {
+    throw new ApiError(what, 0, `the collector cannot be reached (${e.message})`);
+  }
+  const text = await response.text();
+  let body = null;
+  try {
+    body = text ? JSON.parse(text) : null;
+  } catch {
+    // Not JSON: keep the text for the message below.
+  }
+  if (!response.ok) {
+    const message = body && body.error ? body.error : text.trim() || response.statusText;
+    throw new ApiError(what, response.status, message);
+  }
+  if (body === null) throw new ApiError(what, response.status, "the answer is not JSON");
+  return body;
+}
+
+/** GET /api/v1/<path> with query parameters (empty values are left out). */
+export function get(path, params = {}) {
+  const query = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) {
+    if (v !== undefined && v !== null && v !== "") query.set(k, v);
+  }
+  const qs = query.toString();
+  return request(`GET ${path}`, `/api/v1/${path}${qs ? "?" + qs : ""}`);
+}
+
+/** Runs read-only SQL; resolves to {columns, rows, truncated}. */
+export function sql(text) {
+  return request("SQL", "/api/v1/query", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ sql: text }),
+  });
+}
+
+/** A SQL string literal. */
+export function lit(s) {
+  return `'${String(s).replaceAll("'", "''")}'`;
+}
+
+const UNITS = { s: 1, m: 60, h: 3600, d: 86400 };
+
+/** `1h` → a SQL predicate on `time` for the last hour ("" for all time). */
+export function sinceClause(since) {
+  const m = /^(\d+)([smhd])$/.exec(since || "");
+  if (!m) return "";
+  const seconds = Number(m[1]) * UNITS[m[2]];
+  return `time >= now() - INTERVAL '${seconds} seconds'`;
+}

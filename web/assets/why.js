@@ -1,0 +1,173 @@
+// "Why blocked": the policy engine's explanation of one connection — the
+// isolating policies per direction, the rules it checked, the nearest miss in
+// words, the YAML of the policies involved, and the flows seen for the pair.
+
+import * as api from "./api.js";
+import { fateBadge, fill, fmtBytes, fmtCount, fmtTime, h, hashFor, mismatchBadge, verdictBadge } from "./dom.js";
+
+export function mount(root, params, ctx) {
+  const result = h("div", { id: "why-result" });
+  fill(root, h("section", { class: "toolbar" }, form(params)), result);
+  if (params.from && params.to && params.port) {
+    explain(result, params, ctx);
+  } else {
+    fill(result, h("p", { class: "muted" }, "Choose a source, a destination and a port, or click a flow on the Flows page."));
+  }
+  loadSuggestions();
+}
+
+function form(params) {
+  const input = (name, placeholder, extra = {}) =>
+    h("input", { name, value: params[name] || "", placeholder, list: extra.list, required: true, ...extra });
+  const f = h(
+    "form",
+    { class: "filters", id: "why-form" },
+    h("label", {}, h("span", {}, "From"), input("from", "namespace/pod or IP", { list: "endpoints", size: 24 })),
+    h("label", {}, h("span", {}, "To"), input("to", "namespace/pod or IP", { list: "endpoints", size: 24 })),
+    h("label", {}, h("span", {}, "Port"), input("port", "8080", { type: "number", min: 0, max: 65535, style: "width:6em" })),
+    h(
+      "label",
+      {},
+      h("span", {}, "Protocol"),
+      h("select", { name: "protocol" }, ["TCP", "UDP", "SCTP", "ICMP", "ICMPv6"].map((p) => h("option", { selected: (params.protocol || "TCP") === p }, p))),
+    ),
+    h("button", { type: "submit" }, "Explain"),
+    h("datalist", { id: "endpoints" }),
+  );
+  f.addEventListener("submit", (e) => {
+    e.preventDefault();
+    location.hash = hashFor("why", Object.fromEntries(new FormData(f).entries()));
+  });
+  return f;
+}
+
+async function loadSuggestions() {
+  try {
+    const pods = await api.sql("SELECT namespace || '/' || name AS pod FROM pods ORDER BY 1");
+    const list = document.getElementById("endpoints");
+    if (list) fill(list, pods.rows.map((r) => h("option", { value: r.pod })));
+  } catch {
+    // Only suggestions: the form works without them.
+  }
+}
+
+async function explain(result, params, ctx) {
+  fill(result, h("p", { class: "muted" }, "Asking the policy engine…"));
+  let answer;
+  let policies;
+  try {
+    [answer, policies] = await Promise.all([
+      api.get("explain", { from: params.from, to: params.to, port: params.port, protocol: params.protocol || "TCP" }),
+      api.get("policies"),
+    ]);
+  } catch (e) {
+    ctx.showError(e);
+    fill(result, h("p", { class: "error-inline" }, e.message));
+    return;
+  }
+  const x = answer.explanation;
+  const involved = new Set();
+  for (const d of [x.egress, x.ingress]) {
+    for (const p of d.isolated_by || []) involved.add(`${p.namespace}/${p.name}`);
+    for (const r of d.allowed_by || []) involved.add(`${r.namespace}/${r.name}`);
+  }
+  const yaml = policies.policies.filter((p) => involved.has(`${p.namespace}/${p.name}`));
+  fill(
+    result,
+    h(
+      "section",
+      { class: `verdict-card ${x.allowed ? "allowed" : "denied"}` },
+      h("h2", {}, verdictBadge(x.allowed ? "allowed" : "denied"), " ", `${name(x.src)} → ${name(x.dst)} ${x.protocol} ${x.port}`),
+      h("p", { class: "summary" }, x.summary),
+      h("p", { class: "muted" }, `policy generation ${x.generation}`),
+    ),
+    h(
+      "div",
+      { class: "directions" },
+      direction("Egress, at the source", x.egress, name(x.src)),
+      direction("Ingress, at the destination", x.ingress, name(x.dst)),
+    ),
+    h(
+      "section",
+      {},
+      h("h3", {}, `Policies involved (${yaml.length})`),
+      yaml.length
+        ? yaml.map((p) => h("details", { class: "yaml", open: true }, h("summary", {}, `${p.namespace}/${p.name}`), h("pre", {}, p.yaml)))
+        : h("p", { class: "muted" }, "No NetworkPolicy selects either end: nothing is isolated, everything is allowed."),
+    ),
+    h("section", {}, h("h3", {}, `Flows seen for this connection (${answer.flows.length})`), observed(answer.flows)),
+  );
+}
+
+function name(end) {
+  if (!end) return "?";
+  return end.namespace && end.pod ? `${end.namespace}/${end.pod}` : end.ip;
+}
+
+function direction(title, d, who) {
+  const state = !d.applicable ? "not applicable" : d.allowed ? "allowed" : "denied";
+  return h(
+    "section",
+    { class: `direction ${state.replace(" ", "-")}` },
+    h("h3", {}, title, " ", h("span", { class: `badge ${state.replace(" ", "-")}` }, state)),
+    h("p", {}, d.reason),
+    d.isolated_by && d.isolated_by.length
+      ? h("p", {}, h("b", {}, `Isolating policies (select ${who}): `), d.isolated_by.map((p) => `${p.namespace}/${p.name}`).join(", "))
+      : null,
+    d.allowed_by && d.allowed_by.length
+      ? h("p", {}, h("b", {}, "Admitted by: "), d.allowed_by.map((r) => `${r.namespace}/${r.name} rule ${r.rule_index ?? r.rule ?? "?"}`).join(", "))
+      : null,
+    d.misses && d.misses.length ? h("div", { class: "misses" }, d.misses.map(miss)) : null,
+  );
+}
+
+function miss(m) {
+  const n = m.nearest;
+  return h(
+    "div",
+    { class: "miss" },
+    h("h4", {}, `${m.policy.namespace}/${m.policy.name}`),
+    n
+      ? h(
+          "div",
+          { class: "nearest" },
+          h("b", {}, `Nearest miss: rule ${n.rule_index}`),
+          h(
+            "span",
+            { class: "muted" },
+            ` — peer ${n.peer_matched ? "matches" : "does not match"}, port ${n.port_matched ? "matches" : "does not match"}`,
+          ),
+          h("ul", {}, (n.reasons || []).map((r) => h("li", {}, r))),
+        )
+      : null,
+    h("p", { class: "miss-text" }, m.explanation),
+  );
+}
+
+function observed(flows) {
+  if (!flows.length) return h("p", { class: "muted" }, "No flows observed for this pair and port yet.");
+  return h(
+    "table",
+    { class: "grid" },
+    h("thead", {}, h("tr", {}, ["Time", "Node", "From", "To", "Packets", "Bytes", "Kernel", "Verdict", ""].map((c) => h("th", {}, c)))),
+    h(
+      "tbody",
+      {},
+      flows.map((r) =>
+        h(
+          "tr",
+          {},
+          h("td", { class: "mono" }, fmtTime(r.time)),
+          h("td", {}, r.node),
+          h("td", { class: "mono" }, `${r.src_ip}:${r.src_port}`),
+          h("td", { class: "mono" }, `${r.dst_ip}:${r.dst_port}`),
+          h("td", { class: "num" }, fmtCount(r.packets)),
+          h("td", { class: "num" }, fmtBytes(r.bytes)),
+          h("td", {}, fateBadge(r)),
+          h("td", {}, verdictBadge(r.verdict)),
+          h("td", {}, mismatchBadge(r)),
+        ),
+      ),
+    ),
+  );
+}

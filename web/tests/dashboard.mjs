@@ -1,0 +1,253 @@
+// Browser tests of the dashboard in real headless Chromium (Debian's), run
+// by cli/tests/dashboard.rs against a collector loaded with
+// fixtures/cluster.yaml and fixtures/flows.yaml (plus BIG generated flows).
+//
+//   node dashboard.mjs BASE_URL SCREENSHOT_DIR BIG
+//
+// Each step prints its name; the first failure exits 1 with the reason.
+
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const [base, shots, bigText] = process.argv.slice(2);
+if (!base || !shots) {
+  console.error("usage: node dashboard.mjs BASE_URL SCREENSHOT_DIR [BIG]");
+  process.exit(2);
+}
+const big = Number(bigText || 0);
+/** Flows in fixtures/flows.yaml; the big ones come on top. */
+const FIXTURE_FLOWS = 11;
+const BACKEND = "prod/backend-7d4b9c8f6-x2x9q";
+const FRONTEND = "prod/frontend-5c9f7b8d4-k2x7p";
+mkdirSync(shots, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu"],
+});
+const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
+const pageErrors = [];
+page.on("pageerror", (e) => pageErrors.push(e.message));
+page.setDefaultTimeout(15000);
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+async function step(name, body) {
+  process.stdout.write(`- ${name} ... `);
+  await body();
+  console.log("ok");
+}
+
+async function shot(name) {
+  await page.screenshot({ path: join(shots, `${name}.png`), fullPage: false });
+}
+
+async function go(hash) {
+  await page.goto(`${base}/${hash}`);
+}
+
+/** The flow rows in the DOM (only the visible ones exist). */
+const rows = () => page.locator(".flow-row");
+
+async function waitRowCount(n) {
+  await page.waitForFunction((n) => document.querySelectorAll(".flow-row").length === n, n);
+}
+
+function rowWith(...texts) {
+  let l = rows();
+  for (const t of texts) l = l.filter({ hasText: t });
+  return l;
+}
+
+try {
+  await step("the flows page lists every flow, newest first, with verdicts and policies", async () => {
+    await go("#/flows?since=1h");
+    await page.waitForFunction((n) => document.querySelectorAll(".flow-row").length >= n, Math.min(FIXTURE_FLOWS, 40));
+    const denied = rowWith("dev/tool", BACKEND);
+    await denied.first().waitFor();
+    check((await denied.count()) === 1, `expected one dev/tool → backend row, got ${await denied.count()}`);
+    const text = await denied.innerText();
+    check(/denied/.test(text), `the dev/tool → backend row has no denied badge: ${text}`);
+    check(text.includes("prod/allow-same-namespace"), `the denied row does not name the isolating policy: ${text}`);
+    check(text.includes("dropped (NETFILTER_DROP)"), `the denied row does not show the kernel drop: ${text}`);
+    const mismatch = rowWith("dev/tool", "shop/cart-0");
+    const mText = await mismatch.innerText();
+    check(/mismatch/.test(mText) && /denied/.test(mText) && /forwarded/.test(mText), `the delivered-but-denied flow is not flagged: ${mText}`);
+    const allowed = await rowWith(FRONTEND, BACKEND, "8080/TCP").first().innerText();
+    check(/allowed/.test(allowed) && !/mismatch/.test(allowed), `frontend → backend should be allowed, no mismatch: ${allowed}`);
+    // Newest first: the last flow of the fixture (1 min ago) on top; the
+    // generated flows are older.
+    const first = await rows().first().innerText();
+    check(first.includes("198.51.100.10") && first.includes(FRONTEND), `newest flow not first: ${first}`);
+    await shot("flows");
+  });
+
+  await step("a filter narrows the table and lands in the URL", async () => {
+    await go("#/flows?since=1h");
+    await rows().first().waitFor();
+    await page.selectOption("#flow-filters select[name=verdict]", "denied");
+    await page.waitForFunction(() => location.hash.includes("verdict=denied"));
+    await waitRowCount(5);
+    const verdicts = await rows().evaluateAll((els) => els.map((e) => e.classList.contains("denied")));
+    check(verdicts.every(Boolean), "a row that is not denied survived the verdict filter");
+    await page.fill("#flow-filters input[name=namespace]", "dev");
+    await page.click("#flow-filters button[type=submit]");
+    await page.waitForFunction(() => location.hash.includes("namespace=dev"));
+    await waitRowCount(3);
+    const ends = await rows().allInnerTexts();
+    check(ends.every((t) => t.includes("dev/tool")), `a row without dev/tool: ${ends.join(" | ")}`);
+    // The URL is the view: opening it elsewhere shows the same rows.
+    const shared = page.url();
+    await page.goto("about:blank");
+    await page.goto(shared);
+    await waitRowCount(3);
+    check((await page.inputValue("#flow-filters input[name=namespace]")) === "dev", "the shared URL lost the namespace filter");
+    await shot("flows-filtered");
+  });
+
+  await step("clicking a denied flow explains it: isolating policy, nearest miss, YAML", async () => {
+    await go("#/flows?since=1h&verdict=denied");
+    const row = rowWith("dev/tool", BACKEND);
+    await row.first().click();
+    await page.waitForFunction(() => location.hash.startsWith("#/why?"));
+    const card = page.locator(".verdict-card");
+    await card.waitFor();
+    const summary = await card.innerText();
+    check(summary.includes("denied") && summary.includes(`dev/tool → ${BACKEND} TCP 8080`), `wrong verdict card: ${summary}`);
+    const ingress = await page.locator(".direction", { hasText: "Ingress, at the destination" }).innerText();
+    check(ingress.includes("Isolating policies") && ingress.includes("prod/allow-same-namespace"), `no isolating policy: ${ingress}`);
+    const nearest = await page.locator(".nearest").first().innerText();
+    check(nearest.includes("Nearest miss: rule 0"), `no nearest miss: ${nearest}`);
+    check(nearest.includes("dev/tool is in namespace `dev`, but this peer (no namespaceSelector) selects only pods in `prod`"), `the nearest miss is not in words: ${nearest}`);
+    const yaml = await page.locator("details.yaml").first().innerText();
+    check(yaml.includes("allow-same-namespace") && yaml.includes("podSelector"), `the policy YAML is missing: ${yaml}`);
+    const observed = await page.locator("table.grid tbody tr").count();
+    check(observed === 1, `expected the one observed flow of this pair, got ${observed}`);
+    await shot("why-blocked");
+  });
+
+  await step("the explanation is reachable directly from a source, destination and port", async () => {
+    await go("#/why");
+    await page.fill("#why-form input[name=from]", FRONTEND);
+    await page.fill("#why-form input[name=to]", "shop/cart-0");
+    await page.fill("#why-form input[name=port]", "9000");
+    await page.click("#why-form button[type=submit]");
+    await page.locator(".verdict-card").waitFor();
+    const nearest = await page.locator(".miss").first().innerText();
+    check(nearest.includes("TCP 9000 is not in [TCP 8000-8100]"), `endPort miss not explained: ${nearest}`);
+    check(page.url().includes("port=9000"), "the form's question is not in the URL");
+  });
+
+  await step("the SQL console runs a query and shows the result", async () => {
+    await go("#/sql");
+    await page.fill("#sql-text", "SELECT count(*) AS n, sum(CASE WHEN enforcement_mismatch THEN 1 ELSE 0 END) AS mismatches FROM flows");
+    await page.click("#sql-run");
+    await page.locator("#sql-table tbody tr").first().waitFor();
+    const cells = await page.locator("#sql-table tbody tr td").allInnerTexts();
+    check(cells[0] === String(FIXTURE_FLOWS + big) && cells[1] === "1", `count and mismatches: ${cells}`);
+    await page.click("text=Top denied pairs");
+    await page.waitForFunction(() => document.querySelectorAll("#sql-table tbody tr").length === 5);
+    await shot("sql");
+  });
+
+  await step("an API error is shown to the person", async () => {
+    await go("#/sql");
+    await page.fill("#sql-text", "SELECT nope FROM flows");
+    await page.click("#sql-run");
+    const banner = page.locator("#error");
+    await banner.waitFor({ state: "visible" });
+    const text = await banner.innerText();
+    check(text.includes("HTTP 400") && text.includes("nope"), `the error banner does not say what went wrong: ${text}`);
+    await go("#/sql");
+    await page.fill("#sql-text", "DROP TABLE flows");
+    await page.click("#sql-run");
+    await page.waitForFunction(() => document.querySelector("#error-text").textContent.includes("HTTP 400"));
+    await go("#/flows?port=99999");
+    await page.waitForFunction(() => !document.querySelector("#error").hidden);
+    const portError = await page.locator("#error-text").innerText();
+    check(portError.includes("port") && portError.includes("99999"), `bad filter error: ${portError}`);
+  });
+
+  await step("the map draws every observed connection, coloured by verdict", async () => {
+    await go("#/map?since=1h");
+    await page.locator("g.edge").first().waitFor();
+    const kinds = await page.locator("g.edge").evaluateAll((els) => els.map((e) => `${e.dataset.src} → ${e.dataset.dst} ${e.dataset.kind}`));
+    // Many external addresses (the generated flows) are grouped by /24.
+    const far = (ip) => (big ? `external/${ip.split(".").slice(0, 3).join(".")}.0/24` : `external/${ip}`);
+    const want = [
+      "dev/tool → prod/backend denied",
+      "dev/tool → shop/cart mismatch",
+      "prod/frontend → dev/tool denied",
+      `prod/frontend → ${far("198.51.100.10")} allowed`,
+      "prod/frontend → prod/backend allowed",
+      "prod/frontend → shop/cart allowed",
+      "prod/frontend → shop/cart denied",
+      `prod/my-app → ${far("198.51.100.10")} denied`,
+      `prod/my-app → ${far("203.0.113.10")} allowed`,
+    ];
+    if (big) want.push("prod/frontend → external/192.0.2.0/24 allowed");
+    check(JSON.stringify(kinds.sort()) === JSON.stringify(want.sort()), `edges:\n${kinds.join("\n")}`);
+    const stroke = await page
+      .locator('g.edge[data-kind="denied"] .edge-line')
+      .first()
+      .evaluate((e) => getComputedStyle(e).stroke);
+    check(stroke !== "none" && stroke !== "", "denied edges have no colour");
+    await shot("map");
+    // Clicking an edge opens its flows.
+    await page.locator('g.edge[data-kind="mismatch"] text.edge-label').click();
+    await page.waitForFunction(() => location.hash.startsWith("#/flows?") && location.hash.includes("mismatch=true"));
+    await waitRowCount(1);
+    const only = await rows().first().innerText();
+    check(only.includes("dev/tool") && only.includes("shop/cart-0"), `edge filter shows the wrong flow: ${only}`);
+  });
+
+  await step("the policies page lists each policy with its pods and flow counts", async () => {
+    await go("#/policies?since=1h");
+    const card = page.locator('article.policy[data-policy="prod/allow-same-namespace"]');
+    await card.waitFor();
+    check((await page.locator("article.policy").count()) === 4, "expected 4 policies");
+    const text = await card.innerText();
+    check(text.includes(FRONTEND) && text.includes(BACKEND) && text.includes("3 pods"), `selected pods: ${text}`);
+    check(text.includes("2 allowed") && text.includes("1 denied"), `flow counts: ${text}`);
+    await shot("policies");
+    await card.locator("a.count.denied").click();
+    await page.waitForFunction(() => location.hash.includes("policy=prod%2Fallow-same-namespace"));
+    await rows().first().waitFor();
+    const listed = await rows().allInnerTexts();
+    check(listed.every((t) => t.includes("prod/allow-same-namespace")), `policy filter: ${listed.join(" | ")}`);
+  });
+
+  if (big) {
+    await step(`${big.toLocaleString("en-US")} more flows scroll without putting them all in the page`, async () => {
+      await go("#/flows?since=1h&limit=50000");
+      const total = FIXTURE_FLOWS + big;
+      await page.waitForFunction((t) => document.querySelector("#flows-status").textContent.includes(`${t.toLocaleString("en-US")} flows`), total, { timeout: 60000 });
+      const inDom = await rows().count();
+      check(inDom > 10 && inDom < 150, `expected only the visible rows in the DOM, got ${inDom}`);
+      // Scroll to the end: the oldest rows are rendered, still only a window.
+      const started = Date.now();
+      await page.locator("#flows-body").evaluate((b) => (b.scrollTop = b.scrollHeight));
+      await page.waitForFunction((t) => {
+        const tops = [...document.querySelectorAll(".flow-row")].map((r) => parseInt(r.style.top, 10));
+        return Math.max(...tops) === (t - 1) * 30;
+      }, total);
+      const elapsed = Date.now() - started;
+      check(elapsed < 2000, `scrolling to the end took ${elapsed} ms`);
+      check((await rows().count()) < 150, "scrolling grew the DOM");
+      console.log(`(scroll to row ${total} rendered in ${elapsed} ms) `);
+    });
+  }
+
+  check(pageErrors.length === 0, `JavaScript errors on the page:\n${pageErrors.join("\n")}`);
+  console.log(`screenshots in ${shots}`);
+} catch (e) {
+  console.log("FAILED");
+  console.error(e.message);
+  await page.screenshot({ path: join(shots, "failure.png") }).catch(() => {});
+  await browser.close();
+  process.exit(1);
+}
+await browser.close();
