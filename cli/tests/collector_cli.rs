@@ -230,6 +230,16 @@ fn query_prints_a_table_and_the_api_answers_filters_and_explanations() -> Result
     assert_eq!(status, 200);
     assert_eq!(body, "dst_port\n80\n5432\n");
 
+    // A body that is not {"sql": "..."} is named as such.
+    for bad in ["{\"sq\": \"SELECT 1\"}", "SELECT 1", ""] {
+        let (status, body) = http("POST", &collector.http, "/api/v1/query", Some(bad))?;
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        assert!(
+            body.contains("the body must be {\\\"sql\\\""),
+            "{bad:?}: {body}"
+        );
+    }
+
     // Metrics name what was ingested.
     let (status, metrics) = http("GET", &collector.http, "/metrics", None)?;
     assert_eq!(status, 200);

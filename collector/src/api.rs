@@ -162,10 +162,11 @@ async fn query(
     State(state): State<AppState>,
     Query(param): Query<FormatParam>,
     headers: HeaderMap,
-    body: Result<Json<QueryBody>, axum::extract::rejection::JsonRejection>,
+    // Any content type: `curl -d '{"sql": …}'` sends form encoding's.
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let Json(body) =
-        body.map_err(|e| ApiError::bad(format!("the body must be {{\"sql\": \"...\"}}: {e}")))?;
+    let body: QueryBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("the body must be {{\"sql\": \"...\"}}: {e}")))?;
     let format = format(param.format.as_deref(), &headers)?;
     let result = run_sql(&state, &body.sql).await?;
     let internal = |e: QueryError| ApiError::Internal {

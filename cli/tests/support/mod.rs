@@ -130,7 +130,8 @@ pub fn http(method: &str, base: &str, path: &str, body: Option<&str>) -> Result<
     let body = body.unwrap_or("");
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+        // No Content-Type: the API must not need one (curl -d sends a form's).
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
