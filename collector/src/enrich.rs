@@ -13,11 +13,11 @@ use flowgate_policy::{
     Cluster, Direction as PolicyDirection, Endpoint, PolicyId, Protocol, Verdict, VerdictCache,
 };
 use flowgate_proto::v1::{self, Flow};
-use flowgate_query::FlowRow;
+use flowgate_query::{FlowBatchBuilder, FlowRef};
 use rustc_hash::FxHashMap;
 
 use crate::cluster::Snapshot;
-use crate::cluster::ip_index::Interval;
+use crate::cluster::ip_index::{Interval, PodIdentity};
 use crate::metrics::Metrics;
 
 /// Why a flow record cannot be stored: names the field and the value.
@@ -188,29 +188,37 @@ impl VerdictTally {
     }
 }
 
-/// Turns checked flows into rows. Owns a verdict cache: one per ingest
-/// stream, so that the hot path takes no lock.
+/// Turns checked flows into rows. Owns a verdict cache (one per ingest
+/// stream, so that the hot path takes no lock) and the text buffers of the
+/// addresses, so that a row costs no allocation of its own.
 pub struct Enricher {
     cache: VerdictCache,
+    src_ip: String,
+    dst_ip: String,
 }
 
 impl Enricher {
     pub fn new(cache_entries: usize) -> Self {
         Enricher {
             cache: VerdictCache::new(cache_entries),
+            src_ip: String::with_capacity(40),
+            dst_ip: String::with_capacity(40),
         }
     }
 
-    /// The stored row for `flow` (already [`check`]ed as `c`), judged under
-    /// `snapshot`. `node` is the batch's node, used when the flow has none.
-    pub fn row(
+    /// Appends the stored row for `flow` (already [`check`]ed as `c`), judged
+    /// under `snapshot`, to `out`. `node` is the batch's node, used when the
+    /// flow has none.
+    pub fn append(
         &mut self,
         snapshot: &Snapshot,
         flow: &Flow,
         c: &Checked,
         node: &str,
         tally: &mut VerdictTally,
-    ) -> FlowRow {
+        out: &mut FlowBatchBuilder,
+    ) {
+        use std::fmt::Write;
         let cluster = &snapshot.cluster;
         let src_at = snapshot.ips.lookup(c.src, c.first_ns);
         let dst_at = snapshot.ips.lookup(c.dst, c.first_ns);
@@ -230,60 +238,113 @@ impl Enricher {
         let deciding = deciding_policy(verdict);
         *tally.counts.entry((allowed, deciding)).or_default() += 1;
         tally.mismatches += u64::from(mismatch);
-        let (allowed_by, allowed_rules, denied_by) = policy_names(cluster, verdict);
+        let (allowed_by, allowed_rules, denied_by) = policy_names(&snapshot.names, verdict);
         let dir = |d: &flowgate_policy::DirectionVerdict| match (d.applicable, d.allowed) {
             (false, _) => "not_applicable",
             (true, true) => "allowed",
             (true, false) => "denied",
         };
-        let (egress_verdict, ingress_verdict) = (
-            dir(&verdict.egress).to_owned(),
-            dir(&verdict.ingress).to_owned(),
-        );
-        let generation = verdict.generation;
-        let id = |i: Option<&Interval>| i.map(|i| i.identity.clone());
-        let (src_id, dst_id) = (id(src_at), id(dst_at));
-        FlowRow {
+        self.src_ip.clear();
+        self.dst_ip.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(self.src_ip, "{}", c.src);
+        let _ = write!(self.dst_ip, "{}", c.dst);
+        let (src_id, dst_id) = (identity(src_at), identity(dst_at));
+        out.push(&FlowRef {
             time_ns: c.first_ns,
             last_seen_ns: c.last_ns,
             node: if flow.node.is_empty() {
-                node.to_owned()
+                node
             } else {
-                flow.node.clone()
+                &flow.node
             },
-            interface: flow.interface.clone(),
-            direction: if c.ingress { "ingress" } else { "egress" }.to_owned(),
+            interface: &flow.interface,
+            direction: if c.ingress { "ingress" } else { "egress" },
             ip_version: if c.src.is_ipv4() { 4 } else { 6 },
-            src_ip: c.src.to_string(),
-            dst_ip: c.dst.to_string(),
+            src_ip: &self.src_ip,
+            dst_ip: &self.dst_ip,
             src_port: c.src_port,
             dst_port: c.dst_port,
-            protocol: c.protocol.as_str().to_owned(),
+            protocol: c.protocol.as_str(),
             packets: flow.packets,
             bytes: flow.bytes,
             tcp_flags: c.tcp_flags,
             is_reply: flow.is_reply,
-            src_namespace: src_id.as_ref().map(|i| i.namespace.clone()),
-            src_pod: src_id.as_ref().map(|i| i.name.clone()),
-            src_workload: src_id.as_ref().and_then(|i| i.workload.clone()),
-            src_workload_kind: src_id.as_ref().and_then(|i| i.workload_kind.clone()),
-            src_labels: src_id.as_ref().map(|i| i.labels_json.clone()),
-            dst_namespace: dst_id.as_ref().map(|i| i.namespace.clone()),
-            dst_pod: dst_id.as_ref().map(|i| i.name.clone()),
-            dst_workload: dst_id.as_ref().and_then(|i| i.workload.clone()),
-            dst_workload_kind: dst_id.as_ref().and_then(|i| i.workload_kind.clone()),
-            dst_labels: dst_id.as_ref().map(|i| i.labels_json.clone()),
-            verdict: if allowed { "allowed" } else { "denied" }.to_owned(),
-            egress_verdict,
-            ingress_verdict,
-            allowed_by,
-            allowed_rules,
-            denied_by,
-            policy_generation: generation,
-            kernel_fate: if c.dropped { "dropped" } else { "forwarded" }.to_owned(),
-            drop_reason: (!flow.drop_reason.is_empty()).then(|| flow.drop_reason.clone()),
+            src_namespace: src_id.map(|i| i.namespace.as_str()),
+            src_pod: src_id.map(|i| i.name.as_str()),
+            src_workload: src_id.and_then(|i| i.workload.as_deref()),
+            src_workload_kind: src_id.and_then(|i| i.workload_kind.as_deref()),
+            src_labels: src_id.map(|i| i.labels_json.as_str()),
+            dst_namespace: dst_id.map(|i| i.namespace.as_str()),
+            dst_pod: dst_id.map(|i| i.name.as_str()),
+            dst_workload: dst_id.and_then(|i| i.workload.as_deref()),
+            dst_workload_kind: dst_id.and_then(|i| i.workload_kind.as_deref()),
+            dst_labels: dst_id.map(|i| i.labels_json.as_str()),
+            verdict: if allowed { "allowed" } else { "denied" },
+            egress_verdict: dir(&verdict.egress),
+            ingress_verdict: dir(&verdict.ingress),
+            allowed_by: &allowed_by,
+            allowed_rules: &allowed_rules,
+            denied_by: &denied_by,
+            policy_generation: verdict.generation,
+            kernel_fate: if c.dropped { "dropped" } else { "forwarded" },
+            drop_reason: (!flow.drop_reason.is_empty()).then_some(flow.drop_reason.as_str()),
             enforcement_mismatch: mismatch,
+        });
+    }
+}
+
+fn identity(at: Option<&Interval>) -> Option<&PodIdentity> {
+    at.map(|i| &*i.identity)
+}
+
+/// The text of every policy and rule of one cluster snapshot, made once per
+/// snapshot so that rows only borrow it.
+#[derive(Debug, Default)]
+pub struct PolicyNames {
+    /// `namespace/name` by policy index.
+    keys: Vec<String>,
+    /// `namespace/name/ingress/0`: by policy index, then direction
+    /// (ingress, egress), then rule index.
+    rules: Vec<[Vec<String>; 2]>,
+}
+
+impl PolicyNames {
+    pub fn of(cluster: &Cluster) -> Self {
+        let mut names = PolicyNames::default();
+        for (id, p) in cluster.policies() {
+            let i = id.0 as usize;
+            if names.keys.len() <= i {
+                names.keys.resize_with(i + 1, String::new);
+                names.rules.resize_with(i + 1, Default::default);
+            }
+            let key = p.key();
+            names.rules[i] = [
+                (0..p.ingress.len())
+                    .map(|r| format!("{key}/ingress/{r}"))
+                    .collect(),
+                (0..p.egress.len())
+                    .map(|r| format!("{key}/egress/{r}"))
+                    .collect(),
+            ];
+            names.keys[i] = key;
         }
+        names
+    }
+
+    fn key(&self, id: PolicyId) -> &str {
+        self.keys.get(id.0 as usize).map_or("?", String::as_str)
+    }
+
+    fn rule(&self, id: PolicyId, direction: PolicyDirection, index: u32) -> &str {
+        let d = match direction {
+            PolicyDirection::Ingress => 0,
+            PolicyDirection::Egress => 1,
+        };
+        self.rules
+            .get(id.0 as usize)
+            .and_then(|r| r[d].get(index as usize))
+            .map_or("?", String::as_str)
     }
 }
 
@@ -328,26 +389,26 @@ fn deciding_policy(v: &Verdict) -> Option<PolicyId> {
 }
 
 /// `allowed_by` ("ns/name", unique), `allowed_rules` ("ns/name/ingress/0")
-/// and `denied_by` (policies isolating a denied direction).
-fn policy_names(cluster: &Cluster, v: &Verdict) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let mut allowed_by: Vec<String> = Vec::new();
+/// and `denied_by` (policies isolating a denied direction), borrowed from
+/// the snapshot's names. Most flows have none (no allocation) or one or two.
+fn policy_names<'a>(
+    names: &'a PolicyNames,
+    v: &Verdict,
+) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
+    let mut allowed_by: Vec<&str> = Vec::new();
     let mut rules = Vec::new();
     for r in v.egress.allowed_by.iter().chain(&v.ingress.allowed_by) {
-        let key = cluster.policy(r.policy).key();
-        let direction = match r.direction {
-            PolicyDirection::Ingress => "ingress",
-            PolicyDirection::Egress => "egress",
-        };
-        rules.push(format!("{key}/{direction}/{}", r.index));
+        let key = names.key(r.policy);
+        rules.push(names.rule(r.policy, r.direction, r.index));
         if !allowed_by.contains(&key) {
             allowed_by.push(key);
         }
     }
-    let mut denied_by: Vec<String> = Vec::new();
+    let mut denied_by: Vec<&str> = Vec::new();
     for d in [&v.egress, &v.ingress] {
         if d.applicable && !d.allowed {
             for p in d.isolated_by.iter() {
-                let key = cluster.policy(*p).key();
+                let key = names.key(*p);
                 if !denied_by.contains(&key) {
                     denied_by.push(key);
                 }

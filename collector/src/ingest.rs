@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use flowgate_proto::v1::flow_ingest_server::{FlowIngest, FlowIngestServer};
 use flowgate_proto::v1::{AckStatus, BatchAck, FlowBatch, SchemaVersion};
-use flowgate_query::{FlowRow, FlowStore};
+use flowgate_query::{FlowBatchBuilder, FlowStore};
 use futures::{Stream, StreamExt};
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
@@ -175,15 +175,14 @@ impl Ingest {
         }
         let snapshot = inner.state.load();
         let mut tally = VerdictTally::default();
-        let rows: Vec<FlowRow> = batch
-            .flows
-            .iter()
-            .zip(&checked)
-            .map(|(flow, c)| enricher.row(&snapshot, flow, c, &batch.node, &mut tally))
-            .collect();
+        let mut rows = FlowBatchBuilder::with_capacity(batch.flows.len());
+        for (flow, c) in batch.flows.iter().zip(&checked) {
+            enricher.append(&snapshot, flow, c, &batch.node, &mut tally, &mut rows);
+        }
         let n = rows.len();
+        let rows = rows.finish();
         let store = inner.store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.append(&rows)).await;
+        let stored = tokio::task::spawn_blocking(move || store.append_batch(rows)).await;
         match stored {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

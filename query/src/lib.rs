@@ -20,7 +20,7 @@ pub mod wal;
 pub use datafusion::arrow;
 pub use engine::{NamespaceRow, PodRow, PolicyRow, QueryEngine, QueryError, QueryLimits};
 pub use format::QueryResult;
-pub use schema::{FlowRow, flows_schema};
+pub use schema::{FlowBatchBuilder, FlowRef, FlowRow, flows_schema, to_batch};
 pub use store::{FlowStore, RetentionReport, StoreConfig, StoreError, StoreStats};
 
 #[doc(hidden)]

@@ -114,87 +114,282 @@ pub fn flows_schema() -> SchemaRef {
     FLOWS.clone()
 }
 
-fn strings<'a>(rows: &'a [FlowRow], f: impl Fn(&'a FlowRow) -> &'a str) -> ArrayRef {
-    let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 8);
-    rows.iter().for_each(|r| b.append_value(f(r)));
-    Arc::new(b.finish())
+/// One flow, borrowed from wherever its parts live: what
+/// [`FlowBatchBuilder::push`] appends. The collector builds these straight from
+/// probe records and the cluster snapshot, so a stored row costs no
+/// allocation of its own; a [`FlowRow`] appends itself with [`FlowRow::push_to`].
+#[derive(Clone, Copy, Debug)]
+pub struct FlowRef<'a> {
+    pub time_ns: i64,
+    pub last_seen_ns: i64,
+    pub node: &'a str,
+    pub interface: &'a str,
+    pub direction: &'a str,
+    pub ip_version: u8,
+    pub src_ip: &'a str,
+    pub dst_ip: &'a str,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: &'a str,
+    pub packets: u64,
+    pub bytes: u64,
+    pub tcp_flags: u8,
+    pub is_reply: bool,
+    pub src_namespace: Option<&'a str>,
+    pub src_pod: Option<&'a str>,
+    pub src_workload: Option<&'a str>,
+    pub src_workload_kind: Option<&'a str>,
+    pub src_labels: Option<&'a str>,
+    pub dst_namespace: Option<&'a str>,
+    pub dst_pod: Option<&'a str>,
+    pub dst_workload: Option<&'a str>,
+    pub dst_workload_kind: Option<&'a str>,
+    pub dst_labels: Option<&'a str>,
+    pub verdict: &'a str,
+    pub egress_verdict: &'a str,
+    pub ingress_verdict: &'a str,
+    pub allowed_by: &'a [&'a str],
+    pub allowed_rules: &'a [&'a str],
+    pub denied_by: &'a [&'a str],
+    pub policy_generation: u64,
+    pub kernel_fate: &'a str,
+    pub drop_reason: Option<&'a str>,
+    pub enforcement_mismatch: bool,
 }
 
-fn optional<'a>(rows: &'a [FlowRow], f: impl Fn(&'a FlowRow) -> Option<&'a str>) -> ArrayRef {
-    let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 8);
-    rows.iter().for_each(|r| b.append_option(f(r)));
-    Arc::new(b.finish())
-}
-
-fn lists<'a>(rows: &'a [FlowRow], f: impl Fn(&'a FlowRow) -> &'a [String]) -> ArrayRef {
-    let mut b = ListBuilder::new(StringBuilder::new());
-    for r in rows {
-        for v in f(r) {
-            b.values().append_value(v);
+impl FlowRow {
+    /// Appends this row to `out` (the list columns need borrowed slices).
+    pub fn push_to(&self, out: &mut FlowBatchBuilder) {
+        fn strs(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
         }
-        b.append(true);
+        let (allowed_by, allowed_rules, denied_by) = (
+            strs(&self.allowed_by),
+            strs(&self.allowed_rules),
+            strs(&self.denied_by),
+        );
+        out.push(&FlowRef {
+            time_ns: self.time_ns,
+            last_seen_ns: self.last_seen_ns,
+            node: &self.node,
+            interface: &self.interface,
+            direction: &self.direction,
+            ip_version: self.ip_version,
+            src_ip: &self.src_ip,
+            dst_ip: &self.dst_ip,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            protocol: &self.protocol,
+            packets: self.packets,
+            bytes: self.bytes,
+            tcp_flags: self.tcp_flags,
+            is_reply: self.is_reply,
+            src_namespace: self.src_namespace.as_deref(),
+            src_pod: self.src_pod.as_deref(),
+            src_workload: self.src_workload.as_deref(),
+            src_workload_kind: self.src_workload_kind.as_deref(),
+            src_labels: self.src_labels.as_deref(),
+            dst_namespace: self.dst_namespace.as_deref(),
+            dst_pod: self.dst_pod.as_deref(),
+            dst_workload: self.dst_workload.as_deref(),
+            dst_workload_kind: self.dst_workload_kind.as_deref(),
+            dst_labels: self.dst_labels.as_deref(),
+            verdict: &self.verdict,
+            egress_verdict: &self.egress_verdict,
+            ingress_verdict: &self.ingress_verdict,
+            allowed_by: &allowed_by,
+            allowed_rules: &allowed_rules,
+            denied_by: &denied_by,
+            policy_generation: self.policy_generation,
+            kernel_fate: &self.kernel_fate,
+            drop_reason: self.drop_reason.as_deref(),
+            enforcement_mismatch: self.enforcement_mismatch,
+        });
     }
-    Arc::new(b.finish())
 }
 
-fn times(rows: &[FlowRow], f: impl Fn(&FlowRow) -> i64) -> ArrayRef {
-    let mut b = TimestampNanosecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
-    rows.iter().for_each(|r| b.append_value(f(r)));
-    Arc::new(b.finish())
+/// Column builders of the `flows` schema: push rows, then [`finish`](Self::finish)
+/// into one record batch.
+pub struct FlowBatchBuilder {
+    time: TimestampNanosecondBuilder,
+    last_seen: TimestampNanosecondBuilder,
+    node: StringBuilder,
+    interface: StringBuilder,
+    direction: StringBuilder,
+    ip_version: UInt8Builder,
+    src_ip: StringBuilder,
+    dst_ip: StringBuilder,
+    src_port: UInt16Builder,
+    dst_port: UInt16Builder,
+    protocol: StringBuilder,
+    packets: UInt64Builder,
+    bytes: UInt64Builder,
+    tcp_flags: UInt8Builder,
+    is_reply: BooleanBuilder,
+    /// namespace, pod, workload, workload_kind, labels
+    src: [StringBuilder; 5],
+    dst: [StringBuilder; 5],
+    verdict: StringBuilder,
+    egress_verdict: StringBuilder,
+    ingress_verdict: StringBuilder,
+    allowed_by: ListBuilder<StringBuilder>,
+    allowed_rules: ListBuilder<StringBuilder>,
+    denied_by: ListBuilder<StringBuilder>,
+    policy_generation: UInt64Builder,
+    kernel_fate: StringBuilder,
+    drop_reason: StringBuilder,
+    enforcement_mismatch: BooleanBuilder,
+    len: usize,
 }
 
-macro_rules! ints {
-    ($builder:ty, $rows:expr, $f:expr) => {{
-        let mut b = <$builder>::with_capacity($rows.len());
-        $rows.iter().for_each(|r| b.append_value($f(r)));
-        Arc::new(b.finish()) as ArrayRef
-    }};
-}
+impl FlowBatchBuilder {
+    /// Builders sized for `rows` rows (they grow past it if needed).
+    pub fn with_capacity(rows: usize) -> Self {
+        let time = || TimestampNanosecondBuilder::with_capacity(rows).with_timezone("UTC");
+        // Bytes per row guessed per column kind, to avoid regrowing.
+        let text = |bytes: usize| StringBuilder::with_capacity(rows, rows * bytes);
+        let list = || ListBuilder::with_capacity(StringBuilder::new(), rows);
+        FlowBatchBuilder {
+            time: time(),
+            last_seen: time(),
+            node: text(12),
+            interface: text(12),
+            direction: text(7),
+            ip_version: UInt8Builder::with_capacity(rows),
+            src_ip: text(12),
+            dst_ip: text(12),
+            src_port: UInt16Builder::with_capacity(rows),
+            dst_port: UInt16Builder::with_capacity(rows),
+            protocol: text(3),
+            packets: UInt64Builder::with_capacity(rows),
+            bytes: UInt64Builder::with_capacity(rows),
+            tcp_flags: UInt8Builder::with_capacity(rows),
+            is_reply: BooleanBuilder::with_capacity(rows),
+            src: [text(8), text(24), text(12), text(10), text(32)],
+            dst: [text(8), text(24), text(12), text(10), text(32)],
+            verdict: text(7),
+            egress_verdict: text(7),
+            ingress_verdict: text(7),
+            allowed_by: list(),
+            allowed_rules: list(),
+            denied_by: list(),
+            policy_generation: UInt64Builder::with_capacity(rows),
+            kernel_fate: text(9),
+            drop_reason: text(0),
+            enforcement_mismatch: BooleanBuilder::with_capacity(rows),
+            len: 0,
+        }
+    }
 
-fn bools(rows: &[FlowRow], f: impl Fn(&FlowRow) -> bool) -> ArrayRef {
-    let mut b = BooleanBuilder::with_capacity(rows.len());
-    rows.iter().for_each(|r| b.append_value(f(r)));
-    Arc::new(b.finish())
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push(&mut self, r: &FlowRef<'_>) {
+        self.time.append_value(r.time_ns);
+        self.last_seen.append_value(r.last_seen_ns);
+        self.node.append_value(r.node);
+        self.interface.append_value(r.interface);
+        self.direction.append_value(r.direction);
+        self.ip_version.append_value(r.ip_version);
+        self.src_ip.append_value(r.src_ip);
+        self.dst_ip.append_value(r.dst_ip);
+        self.src_port.append_value(r.src_port);
+        self.dst_port.append_value(r.dst_port);
+        self.protocol.append_value(r.protocol);
+        self.packets.append_value(r.packets);
+        self.bytes.append_value(r.bytes);
+        self.tcp_flags.append_value(r.tcp_flags);
+        self.is_reply.append_value(r.is_reply);
+        let src = [
+            r.src_namespace,
+            r.src_pod,
+            r.src_workload,
+            r.src_workload_kind,
+            r.src_labels,
+        ];
+        for (b, v) in self.src.iter_mut().zip(src) {
+            b.append_option(v);
+        }
+        let dst = [
+            r.dst_namespace,
+            r.dst_pod,
+            r.dst_workload,
+            r.dst_workload_kind,
+            r.dst_labels,
+        ];
+        for (b, v) in self.dst.iter_mut().zip(dst) {
+            b.append_option(v);
+        }
+        self.verdict.append_value(r.verdict);
+        self.egress_verdict.append_value(r.egress_verdict);
+        self.ingress_verdict.append_value(r.ingress_verdict);
+        for (b, values) in [
+            (&mut self.allowed_by, r.allowed_by),
+            (&mut self.allowed_rules, r.allowed_rules),
+            (&mut self.denied_by, r.denied_by),
+        ] {
+            for v in values {
+                b.values().append_value(v);
+            }
+            b.append(true);
+        }
+        self.policy_generation.append_value(r.policy_generation);
+        self.kernel_fate.append_value(r.kernel_fate);
+        self.drop_reason.append_option(r.drop_reason);
+        self.enforcement_mismatch
+            .append_value(r.enforcement_mismatch);
+        self.len += 1;
+    }
+
+    /// The rows pushed so far as one batch; the builder is left empty.
+    pub fn finish(&mut self) -> RecordBatch {
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.time.finish()),
+            Arc::new(self.last_seen.finish()),
+            Arc::new(self.node.finish()),
+            Arc::new(self.interface.finish()),
+            Arc::new(self.direction.finish()),
+            Arc::new(self.ip_version.finish()),
+            Arc::new(self.src_ip.finish()),
+            Arc::new(self.dst_ip.finish()),
+            Arc::new(self.src_port.finish()),
+            Arc::new(self.dst_port.finish()),
+            Arc::new(self.protocol.finish()),
+            Arc::new(self.packets.finish()),
+            Arc::new(self.bytes.finish()),
+            Arc::new(self.tcp_flags.finish()),
+            Arc::new(self.is_reply.finish()),
+        ];
+        for b in self.src.iter_mut().chain(self.dst.iter_mut()) {
+            columns.push(Arc::new(b.finish()));
+        }
+        columns.extend([
+            Arc::new(self.verdict.finish()) as ArrayRef,
+            Arc::new(self.egress_verdict.finish()),
+            Arc::new(self.ingress_verdict.finish()),
+            Arc::new(self.allowed_by.finish()),
+            Arc::new(self.allowed_rules.finish()),
+            Arc::new(self.denied_by.finish()),
+            Arc::new(self.policy_generation.finish()),
+            Arc::new(self.kernel_fate.finish()),
+            Arc::new(self.drop_reason.finish()),
+            Arc::new(self.enforcement_mismatch.finish()),
+        ]);
+        self.len = 0;
+        RecordBatch::try_new(flows_schema(), columns).expect("columns follow the flows schema")
+    }
 }
 
 /// Rows as one record batch of the `flows` schema.
 pub fn to_batch(rows: &[FlowRow]) -> RecordBatch {
-    let columns: Vec<ArrayRef> = vec![
-        times(rows, |r| r.time_ns),
-        times(rows, |r| r.last_seen_ns),
-        strings(rows, |r| &r.node),
-        strings(rows, |r| &r.interface),
-        strings(rows, |r| &r.direction),
-        ints!(UInt8Builder, rows, |r: &FlowRow| r.ip_version),
-        strings(rows, |r| &r.src_ip),
-        strings(rows, |r| &r.dst_ip),
-        ints!(UInt16Builder, rows, |r: &FlowRow| r.src_port),
-        ints!(UInt16Builder, rows, |r: &FlowRow| r.dst_port),
-        strings(rows, |r| &r.protocol),
-        ints!(UInt64Builder, rows, |r: &FlowRow| r.packets),
-        ints!(UInt64Builder, rows, |r: &FlowRow| r.bytes),
-        ints!(UInt8Builder, rows, |r: &FlowRow| r.tcp_flags),
-        bools(rows, |r| r.is_reply),
-        optional(rows, |r| r.src_namespace.as_deref()),
-        optional(rows, |r| r.src_pod.as_deref()),
-        optional(rows, |r| r.src_workload.as_deref()),
-        optional(rows, |r| r.src_workload_kind.as_deref()),
-        optional(rows, |r| r.src_labels.as_deref()),
-        optional(rows, |r| r.dst_namespace.as_deref()),
-        optional(rows, |r| r.dst_pod.as_deref()),
-        optional(rows, |r| r.dst_workload.as_deref()),
-        optional(rows, |r| r.dst_workload_kind.as_deref()),
-        optional(rows, |r| r.dst_labels.as_deref()),
-        strings(rows, |r| &r.verdict),
-        strings(rows, |r| &r.egress_verdict),
-        strings(rows, |r| &r.ingress_verdict),
-        lists(rows, |r| &r.allowed_by),
-        lists(rows, |r| &r.allowed_rules),
-        lists(rows, |r| &r.denied_by),
-        ints!(UInt64Builder, rows, |r: &FlowRow| r.policy_generation),
-        strings(rows, |r| &r.kernel_fate),
-        optional(rows, |r| r.drop_reason.as_deref()),
-        bools(rows, |r| r.enforcement_mismatch),
-    ];
-    RecordBatch::try_new(flows_schema(), columns).expect("columns follow the flows schema")
+    let mut b = FlowBatchBuilder::with_capacity(rows.len());
+    for r in rows {
+        r.push_to(&mut b);
+    }
+    b.finish()
 }

@@ -58,6 +58,8 @@ pub enum StoreError {
     },
     #[error("writing Parquet {path}: {message}")]
     Parquet { path: PathBuf, message: String },
+    #[error("{message}")]
+    Schema { message: String },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -173,11 +175,24 @@ impl FlowStore {
     /// Stores rows durably: written ahead and synced before this returns,
     /// then visible to queries. Flushes to Parquet when memory is full.
     pub fn append(&self, rows: &[FlowRow]) -> Result<(), StoreError> {
-        if rows.is_empty() {
+        // Encode outside the lock: many writers share one store.
+        self.append_batch(to_batch(rows))
+    }
+
+    /// Like [`append`](Self::append), for a batch already in the `flows`
+    /// schema (built with [`crate::FlowBatchBuilder`]).
+    pub fn append_batch(&self, batch: RecordBatch) -> Result<(), StoreError> {
+        if batch.num_rows() == 0 {
             return Ok(());
         }
-        // Encode outside the lock: many writers share one store.
-        let batch = to_batch(rows);
+        if batch.schema() != flows_schema() {
+            return Err(StoreError::Schema {
+                message: format!(
+                    "a batch to append does not have the flows schema: {:?}",
+                    batch.schema()
+                ),
+            });
+        }
         let mut s = self.inner.state.lock().unwrap();
         let seq = s.next_seq;
         s.wal.append(seq, &batch)?;
@@ -220,14 +235,20 @@ impl FlowStore {
                 .or_default()
                 .push(i as u32);
         }
+        let single = partitions.len() == 1;
         for (start, idx) in partitions {
-            let take = datafusion::arrow::array::UInt32Array::from(idx);
-            let part = datafusion::arrow::compute::take_record_batch(&all, &take).map_err(|e| {
-                StoreError::Parquet {
-                    path: self.inner.config.dir.clone(),
-                    message: e.to_string(),
-                }
-            })?;
+            // Usually every row is in one partition: no copy needed.
+            let part = if single {
+                all.clone()
+            } else {
+                let take = datafusion::arrow::array::UInt32Array::from(idx);
+                datafusion::arrow::compute::take_record_batch(&all, &take).map_err(|e| {
+                    StoreError::Parquet {
+                        path: self.inner.config.dir.clone(),
+                        message: e.to_string(),
+                    }
+                })?
+            };
             let dir = self.inner.config.dir.join("flows").join(start.to_string());
             std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
             let path = dir.join(format!("{last_seq:020}.parquet"));

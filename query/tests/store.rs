@@ -187,3 +187,20 @@ fn randomized_append_crash_reopen_model() {
         assert_eq!(count(&store), acknowledged, "step {step}");
     }
 }
+
+#[test]
+fn a_batch_of_another_schema_is_refused_by_name_and_nothing_is_stored() {
+    use datafusion::arrow::array::{ArrayRef, UInt8Array};
+    use datafusion::arrow::record_batch::RecordBatch;
+    let dir = tempfile::tempdir().unwrap();
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    let column: ArrayRef = std::sync::Arc::new(UInt8Array::from(vec![1, 2]));
+    let foreign = RecordBatch::try_from_iter([("x", column)]).unwrap();
+    let err = store.append_batch(foreign).unwrap_err().to_string();
+    assert!(err.contains("does not have the flows schema"), "{err}");
+    assert_eq!(count(&store), 0);
+    // A batch from the builder is the same as the rows it was built from.
+    let rows = fixture_rows();
+    store.append_batch(flowgate_query::to_batch(&rows)).unwrap();
+    assert_eq!(count(&store), rows.len() as u64);
+}

@@ -21,6 +21,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::mpsc;
 
 use super::ip_index::{Holder, IpIndex, PodIdentity};
+use crate::enrich::PolicyNames;
 use crate::metrics::Metrics;
 
 /// An immutable view of the cluster, swapped as a whole.
@@ -28,6 +29,8 @@ use crate::metrics::Metrics;
 pub struct Snapshot {
     pub cluster: Arc<Cluster>,
     pub ips: IpIndex,
+    /// The policies' and rules' names, for the rows judged under it.
+    pub names: PolicyNames,
     /// False until the first complete object set arrived.
     pub synced: bool,
 }
@@ -38,6 +41,7 @@ impl Snapshot {
         Snapshot {
             cluster: Arc::new(cluster),
             ips: IpIndex::default(),
+            names: PolicyNames::default(),
             synced: false,
         }
     }
@@ -135,6 +139,7 @@ impl StateWriter {
         let retention = i64::try_from(self.tombstone_retention.as_nanos()).unwrap_or(i64::MAX);
         self.ips.observe(now_ns, &holders, retention, &cluster);
         let snapshot = Snapshot {
+            names: PolicyNames::of(&cluster),
             cluster: Arc::new(cluster),
             ips: self.ips.clone(),
             synced: true,
