@@ -99,6 +99,8 @@ fn the_dashboard_shows_flows_verdicts_explanations_sql_map_and_policies() -> Res
         .arg(&collector.http)
         .arg(&shots)
         .arg(BIG.to_string())
+        .arg(support::FLOWGATE)
+        .arg(&collector.grpc)
         .output()
         .context("run node web/tests/dashboard.mjs")?;
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -2,15 +2,21 @@
 // by cli/tests/dashboard.rs against a collector loaded with
 // fixtures/cluster.yaml and fixtures/flows.yaml (plus BIG generated flows).
 //
-//   node dashboard.mjs BASE_URL SCREENSHOT_DIR BIG
+//   node dashboard.mjs BASE_URL SCREENSHOT_DIR BIG [FLOWGATE_BINARY GRPC_URL]
+//
+// With the binary and the gRPC address, a last step sends one more flow
+// (`flowgate replay`) while the flows page is open and waits for it to
+// appear without a reload.
 //
 // Each step prints its name; the first failure exits 1 with the reason.
 
-import { mkdirSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
-const [base, shots, bigText] = process.argv.slice(2);
+const [base, shots, bigText, flowgate, grpc] = process.argv.slice(2);
 if (!base || !shots) {
   console.error("usage: node dashboard.mjs BASE_URL SCREENSHOT_DIR [BIG]");
   process.exit(2);
@@ -238,6 +244,23 @@ try {
       check(elapsed < 2000, `scrolling to the end took ${elapsed} ms`);
       check((await rows().count()) < 150, "scrolling grew the DOM");
       console.log(`(scroll to row ${total} rendered in ${elapsed} ms) `);
+    });
+  }
+
+  if (flowgate && grpc) {
+    await step("a flow sent while the page is open appears without a reload", async () => {
+      await go("#/flows?since=1h");
+      await rows().first().waitFor();
+      await page.evaluate(() => (window.__notReloaded = true));
+      check((await rowWith("203.0.113.99").count()) === 0, "the new flow is there before it was sent");
+      const dir = mkdtempSync(join(tmpdir(), "flowgate-live-"));
+      const file = join(dir, "live.yaml");
+      writeFileSync(file, "- {src: 10.244.2.20, dst: 203.0.113.99, src_port: 48000, dst_port: 7777, node: node-b, packets: 4, bytes: 400}\n");
+      execFileSync(flowgate, ["replay", file, "--collector", grpc], { stdio: "pipe" });
+      await rowWith("203.0.113.99", "7777/TCP").first().waitFor({ timeout: 10000 });
+      check(await page.evaluate(() => window.__notReloaded === true), "the page reloaded");
+      const top = await rows().first().innerText();
+      check(top.includes("203.0.113.99") && top.includes("dev/tool"), `the new flow is not on top: ${top}`);
     });
   }
 
