@@ -79,3 +79,47 @@ fn enforcement_flag_parses_features_and_rejects_unknown_ones() {
         assert!(bad.parse::<Enforcement>().is_err(), "{bad:?} accepted");
     }
 }
+
+/// The scenario shown in the top-level README is complete and valid, and the
+/// engine judges each traffic line as its comment says ("dropped" or not).
+#[test]
+fn readme_scenario_is_valid_and_its_comments_are_true() -> Result<()> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))?;
+    let section = readme
+        .split_once("### The demo scenario")
+        .expect("README has a '### The demo scenario' section")
+        .1;
+    let yaml = section
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("that section has a yaml block")
+        .0;
+    let placed = Scenario::from_yaml("README.md", yaml)?.place()?;
+    let lines: Vec<&str> = yaml
+        .lines()
+        .skip_while(|l| !l.starts_with("traffic:"))
+        .skip(1)
+        .filter(|l| l.trim_start().starts_with("- {"))
+        .collect();
+    assert_eq!(lines.len(), placed.flows.len(), "one flow per traffic line");
+    assert!(
+        lines.len() >= 5,
+        "the example shows several kinds of traffic"
+    );
+    let mut outcomes = [0, 0];
+    for (line, flow) in lines.iter().zip(&placed.flows) {
+        let says_dropped = line.contains("dropped");
+        assert_eq!(
+            placed.allowed(flow),
+            !says_dropped,
+            "README traffic line judged otherwise than its comment: {line}"
+        );
+        outcomes[usize::from(says_dropped)] += 1;
+    }
+    assert!(
+        outcomes[0] > 0 && outcomes[1] > 0,
+        "allowed and dropped both shown"
+    );
+    Ok(())
+}
