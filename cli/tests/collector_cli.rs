@@ -31,7 +31,7 @@ fn acknowledged_flows_survive_a_killed_collector() -> Result<()> {
     let data = tempfile::tempdir()?;
     let flows = collector_fixture("e2e-flows.yaml");
     let first = start(data.path())?;
-    // Two runs of the same file: 12 acknowledged flows, in 4 batches.
+    // Two runs of the same file: 14 acknowledged flows, in 6 batches.
     for probe in ["probe-a", "probe-b"] {
         let out = succeed(&[
             "replay",
@@ -43,10 +43,10 @@ fn acknowledged_flows_survive_a_killed_collector() -> Result<()> {
             "--batch-size",
             "3",
         ])?;
-        assert_eq!(out.trim(), "sent 6 flows in 2 batches; 6 stored");
+        assert_eq!(out.trim(), "sent 7 flows in 3 batches; 7 stored");
     }
     let before = sql(&first.http, ANNOTATED)?;
-    assert_eq!(before.len(), 12);
+    assert_eq!(before.len(), 14);
     first.kill()?;
 
     let second = start(data.path())?;
@@ -68,7 +68,7 @@ fn acknowledged_flows_survive_a_killed_collector() -> Result<()> {
         "probe-c",
     ])?;
     let count = sql(&second.http, "SELECT count(*) AS n FROM flows")?;
-    assert_eq!(count[0]["n"], 18);
+    assert_eq!(count[0]["n"], 21);
     second.kill()?;
     Ok(())
 }
@@ -97,8 +97,9 @@ fn query_prints_a_table_and_the_api_answers_filters_and_explanations() -> Result
         "src_pod | dst_pod | dst_port | verdict\n\
          --------+---------+----------+--------\n\
          client  | db-0    | 5432     | denied\n\
+         client  | db-0    | 5433     | denied\n\
          client  | db-0    | 6379     | denied\n\
-         (2 rows)\n"
+         (3 rows)\n"
     );
     // A bad query: exit 1 and the engine's message naming the problem.
     let bad = flowgate(&[
@@ -140,7 +141,7 @@ fn query_prints_a_table_and_the_api_answers_filters_and_explanations() -> Result
         ("to=8.8.0.0/16", vec![53]),
         ("to=8.8.9.0/24", vec![]),
         ("policy=shop/web-allow-http", vec![80]),
-        ("policy=shop/default-deny&mismatch=false", vec![6379]),
+        ("policy=shop/default-deny&mismatch=false", vec![5433, 6379]),
     ] {
         let (status, body) = http(
             "GET",
@@ -244,7 +245,7 @@ fn query_prints_a_table_and_the_api_answers_filters_and_explanations() -> Result
     let (status, metrics) = http("GET", &collector.http, "/metrics", None)?;
     assert_eq!(status, 200);
     assert!(
-        metrics.contains("flowgate_collector_flows_ingested_total 6"),
+        metrics.contains("flowgate_collector_flows_ingested_total 7"),
         "{metrics}"
     );
     Ok(())

@@ -6,7 +6,9 @@
 //! - flows the policies deny were dropped by the kernel (NETFILTER_DROP) and
 //!   name the policy isolating the destination in `denied_by`;
 //! - with `--enforce without:endPort`, `enforcement_mismatch` is set on
-//!   exactly the flow that needs `endPort`, and on no other.
+//!   exactly the flow that needs `endPort`, and on no other;
+//! - the collector rejected nothing the probe sent (a record the probe may
+//!   produce but the collector refuses would lose whole batches).
 //!
 //! Needs root, nft, ip, tracefs, BTF, and the `collector` subcommand; without
 //! them it says so loudly and skips, except in CI (CI=true) where it fails.
@@ -115,6 +117,27 @@ fn query(http: SocketAddr, sql: &str) -> Result<Vec<Value>> {
     Ok(v["rows"].as_array().cloned().unwrap_or_default())
 }
 
+/// The collector's rejection counters are all zero: every batch the real
+/// probe sent was acceptable.
+fn nothing_rejected(http: SocketAddr) -> Result<()> {
+    let (status, text) = flowgate_demo::run::http_request(http, "GET", "/metrics", None)?;
+    ensure!(status == 200, "metrics failed ({status}): {text}");
+    let rejected: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("flowgate_collector_batches_rejected_total")
+                || l.starts_with("flowgate_collector_flows_rejected_total")
+        })
+        .filter(|l| l.rsplit(' ').next().is_some_and(|v| v != "0"))
+        .collect();
+    ensure!(
+        rejected.is_empty(),
+        "the collector rejected what the probe sent:\n{}",
+        rejected.join("\n")
+    );
+    Ok(())
+}
+
 /// (src, dst, port, protocol) of a generated flow, as the flows table names them.
 #[derive(Debug, Clone, PartialEq)]
 struct Expect {
@@ -219,6 +242,7 @@ fn run_demo(enforce: &str) -> Result<Vec<Value>> {
             let at = *settled_at.get_or_insert_with(Instant::now);
             if at.elapsed() > SETTLE {
                 let rows = query(http, sql)?;
+                nothing_rejected(http)?;
                 drop(demo);
                 let _ = std::fs::remove_dir_all(&data);
                 return Ok(rows);

@@ -34,8 +34,12 @@ pub enum Malformed {
     },
     #[error("protocol is unspecified or unknown ({value})")]
     Protocol { value: i32 },
-    #[error("direction is unspecified or unknown ({value})")]
+    #[error("direction is unknown ({value})")]
     Direction { value: i32 },
+    #[error(
+        "direction is unspecified on a forwarded flow (only a drop that no TC hook saw may lack one)"
+    )]
+    DirectionMissing,
     #[error("kernel_fate is unspecified or unknown ({value})")]
     KernelFate { value: i32 },
     #[error("{field} {value} is out of range (max {max})")]
@@ -54,7 +58,9 @@ pub struct Checked {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub protocol: Protocol,
-    pub ingress: bool,
+    /// "ingress", "egress", or "unknown" for a drop only the kernel's
+    /// drop tracepoint saw (no TC hook, so no side of an interface).
+    pub direction: &'static str,
     pub dropped: bool,
     pub first_ns: i64,
     pub last_ns: i64,
@@ -88,21 +94,23 @@ pub fn check(flow: &Flow) -> Result<Checked, Malformed> {
             });
         }
     };
-    let ingress = match v1::Direction::try_from(flow.direction) {
-        Ok(v1::Direction::Ingress) => true,
-        Ok(v1::Direction::Egress) => false,
-        _ => {
-            return Err(Malformed::Direction {
-                value: flow.direction,
-            });
-        }
-    };
     let dropped = match v1::KernelFate::try_from(flow.kernel_fate) {
         Ok(v1::KernelFate::Forwarded) => false,
         Ok(v1::KernelFate::Dropped) => true,
         _ => {
             return Err(Malformed::KernelFate {
                 value: flow.kernel_fate,
+            });
+        }
+    };
+    let direction = match v1::Direction::try_from(flow.direction) {
+        Ok(v1::Direction::Ingress) => "ingress",
+        Ok(v1::Direction::Egress) => "egress",
+        Ok(v1::Direction::Unspecified) if dropped => "unknown",
+        Ok(v1::Direction::Unspecified) => return Err(Malformed::DirectionMissing),
+        Err(_) => {
+            return Err(Malformed::Direction {
+                value: flow.direction,
             });
         }
     };
@@ -130,7 +138,7 @@ pub fn check(flow: &Flow) -> Result<Checked, Malformed> {
         src,
         dst,
         protocol,
-        ingress,
+        direction,
         dropped,
         first_ns: time("first_seen_ns", flow.first_seen_ns)?,
         last_ns: time("last_seen_ns", flow.last_seen_ns)?,
@@ -259,7 +267,7 @@ impl Enricher {
                 &flow.node
             },
             interface: &flow.interface,
-            direction: if c.ingress { "ingress" } else { "egress" },
+            direction: c.direction,
             ip_version: if c.src.is_ipv4() { 4 } else { 6 },
             src_ip: &self.src_ip,
             dst_ip: &self.dst_ip,
@@ -443,7 +451,18 @@ mod tests {
         let c = check(&flow()).unwrap();
         assert_eq!(c.src, "10.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(c.dst_port, 80);
-        assert!(!c.ingress && !c.dropped);
+        assert!(c.direction == "egress" && !c.dropped);
+    }
+
+    #[test]
+    fn only_a_drop_may_lack_a_direction() {
+        let mut f = flow();
+        f.direction = v1::Direction::Unspecified as i32;
+        f.kernel_fate = v1::KernelFate::Dropped as i32;
+        let c = check(&f).unwrap();
+        assert!(c.direction == "unknown" && c.dropped);
+        f.kernel_fate = v1::KernelFate::Forwarded as i32;
+        assert_eq!(check(&f).unwrap_err(), Malformed::DirectionMissing);
     }
 
     #[test]
@@ -464,7 +483,11 @@ mod tests {
                 Box::new(|f| f.protocol = 99),
                 "protocol is unspecified or unknown (99)",
             ),
-            (Box::new(|f| f.direction = 0), "direction is unspecified"),
+            (
+                Box::new(|f| f.direction = 0),
+                "direction is unspecified on a forwarded flow",
+            ),
+            (Box::new(|f| f.direction = 7), "direction is unknown (7)"),
             (
                 Box::new(|f| f.kernel_fate = 0),
                 "kernel_fate is unspecified",

@@ -8,7 +8,7 @@
 //! | `src`, `dst` | IP addresses (v4 or v6, both the same family) | required |
 //! | `src_port`, `dst_port` | ports (ICMP: type and code) | 0 |
 //! | `protocol` | `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6` | `TCP` |
-//! | `direction` | `egress` (leaving the pod) or `ingress` | `egress` |
+//! | `direction` | `egress` (leaving the pod), `ingress`, or `unknown` (a drop only the kernel saw) | `egress` |
 //! | `packets`, `bytes` | counters | 1, 100 |
 //! | `tcp_flags` | OR of the TCP flag bits | 0 |
 //! | `is_reply` | the answer direction of a connection | false |
@@ -48,6 +48,8 @@ pub enum ReplayDirection {
     #[default]
     Egress,
     Ingress,
+    /// A drop seen only by the kernel's drop tracepoint, as probes send it.
+    Unknown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -182,6 +184,7 @@ pub fn to_flows(
                 direction: match f.direction {
                     ReplayDirection::Egress => v1::Direction::Egress,
                     ReplayDirection::Ingress => v1::Direction::Ingress,
+                    ReplayDirection::Unknown => v1::Direction::Unspecified,
                 } as i32,
                 ip_version: version as i32,
                 src_ip,

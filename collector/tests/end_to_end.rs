@@ -73,7 +73,7 @@ async fn flows_are_judged_stored_and_queryable() -> Result<()> {
             .collect::<Vec<_>>(),
         vec![
             (1, AckStatus::Stored as i32, 4),
-            (2, AckStatus::Stored as i32, 2)
+            (2, AckStatus::Stored as i32, 3)
         ]
     );
     // A resend after a reconnect is recognised and not stored twice.
@@ -87,10 +87,10 @@ async fn flows_are_judged_stored_and_queryable() -> Result<()> {
 
     let sql = "SELECT src_ip, dst_ip, src_port, dst_port, protocol, node, src_namespace, src_pod, src_workload, \
                src_labels, dst_namespace, dst_pod, dst_workload, verdict, egress_verdict, ingress_verdict, \
-               allowed_by, denied_by, kernel_fate, drop_reason, enforcement_mismatch FROM flows";
+               allowed_by, denied_by, kernel_fate, drop_reason, enforcement_mismatch, direction FROM flows";
     let answer = client::query(&http, sql).await?;
     let rows = answer["rows"].as_array().context("rows")?.clone();
-    assert_eq!(rows.len(), 6, "every flow stored exactly once: {rows:#?}");
+    assert_eq!(rows.len(), 7, "every flow stored exactly once: {rows:#?}");
 
     let web_db = row(&rows, "10.1.0.10", 5432)?;
     assert_eq!(web_db["src_namespace"], "shop");
@@ -152,6 +152,13 @@ async fn flows_are_judged_stored_and_queryable() -> Result<()> {
         enforced["enforcement_mismatch"], false,
         "denied and dropped agree"
     );
+
+    let kernel_only = row(&rows, "10.2.0.5", 5433)?;
+    assert_eq!(kernel_only["direction"], "unknown");
+    assert_eq!(kernel_only["verdict"], "denied");
+    assert_eq!(kernel_only["kernel_fate"], "dropped");
+    assert_eq!(kernel_only["enforcement_mismatch"], false);
+    assert_eq!(sneaky["direction"], "ingress");
 
     // The mismatches, as an operator would ask for them.
     let mismatches = client::query(
@@ -243,7 +250,7 @@ async fn bad_batches_are_rejected_with_a_reason_and_the_stream_goes_on() -> Resu
     );
     assert_eq!(
         (view[4].0, view[4].1, acks[4].flows_stored),
-        (5, AckStatus::Stored as i32, 6)
+        (5, AckStatus::Stored as i32, 7)
     );
 
     let metrics = client_text(&format!("http://{}/metrics", collector.http_addr())).await?;
@@ -251,7 +258,7 @@ async fn bad_batches_are_rejected_with_a_reason_and_the_stream_goes_on() -> Resu
         "flowgate_collector_batches_rejected_total{reason=\"malformed\"} 2",
         "flowgate_collector_batches_rejected_total{reason=\"schema_version\"} 1",
         "flowgate_collector_batches_rejected_total{reason=\"too_large\"} 1",
-        "flowgate_collector_flows_ingested_total 6",
+        "flowgate_collector_flows_ingested_total 7",
         "flowgate_collector_probe_losses{probe=\"p\",kind=\"ringbuf_lost_events\"} 7",
         "flowgate_collector_enforcement_mismatches_total 2",
     ] {
