@@ -59,6 +59,34 @@ pub(crate) struct Args {
     /// more makes bigger files and uses more memory.
     #[arg(long, default_value_t = 100_000, env = "FLOWGATE_FLUSH_ROWS")]
     flush_rows: usize,
+    /// The collector's certificate (PEM) for gRPC: with --tls-key and
+    /// --client-ca, probes must present a client certificate signed by that
+    /// CA naming their node. Without these flags gRPC is plaintext and any
+    /// client can send flows as any node (a warning is logged).
+    #[arg(long, env = "FLOWGATE_TLS_CERT", value_name = "FILE", requires_all = ["tls_key", "client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "FLOWGATE_TLS_KEY", value_name = "FILE", requires_all = ["tls_cert", "client_ca"])]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates probes must present.
+    #[arg(long, env = "FLOWGATE_CLIENT_CA", value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    client_ca: Option<PathBuf>,
+    /// Serve the HTTP API and dashboard over HTTPS with this certificate (PEM).
+    #[arg(
+        long,
+        env = "FLOWGATE_HTTP_TLS_CERT",
+        value_name = "FILE",
+        requires = "http_tls_key"
+    )]
+    http_tls_cert: Option<PathBuf>,
+    /// The private key of --http-tls-cert (PEM).
+    #[arg(
+        long,
+        env = "FLOWGATE_HTTP_TLS_KEY",
+        value_name = "FILE",
+        requires = "http_tls_cert"
+    )]
+    http_tls_key: Option<PathBuf>,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -84,6 +112,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.rebuild_debounce = args.rebuild_debounce;
     config.tombstone_retention = args.tombstone_retention;
     config.flush_rows = args.flush_rows;
+    if let (Some(cert), Some(key), Some(client_ca)) = (args.tls_cert, args.tls_key, args.client_ca)
+    {
+        config.grpc_tls = Some(flowgate_collector::tls::GrpcTls {
+            cert,
+            key,
+            client_ca,
+        });
+    }
+    if let (Some(cert), Some(key)) = (args.http_tls_cert, args.http_tls_key) {
+        config.http_tls = Some(flowgate_collector::tls::HttpTls { cert, key });
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let mut collector = flowgate_collector::run(config)
@@ -97,10 +136,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         drop(out);
         tokio::select! {
             result = collector.wait() => result.context("the collector stopped")?,
-            signal = tokio::signal::ctrl_c() => {
-                signal.context("cannot wait for Ctrl-C")?;
-                tracing::info!("shutting down");
-            }
+            () = crate::shutdown_signal() => {}
         }
         collector.shutdown().await.context("shutting down")?;
         Ok(ExitCode::SUCCESS)

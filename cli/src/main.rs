@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod certs;
 mod collector;
 mod demo;
 mod explain;
@@ -36,6 +37,9 @@ enum Command {
     Query(query::Args),
     /// Send known flows from a YAML/JSON file to a collector as a probe would.
     Replay(replay::Args),
+    /// Create a CA, the collector's certificate and probe client
+    /// certificates for mutual TLS (when cert-manager is not at hand).
+    Certs(certs::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Command::Collector(args) => collector::run(args),
         Command::Query(args) => query::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Certs(args) => certs::run(args),
     };
     match result {
         Ok(code) => code,

@@ -44,6 +44,10 @@ pub struct Config {
     pub flush_rows: usize,
     /// Time span of one Parquet partition.
     pub partition: Duration,
+    /// Mutual TLS on the gRPC port; `None` is plaintext (logged as a warning).
+    pub grpc_tls: Option<crate::tls::GrpcTls>,
+    /// HTTPS on the API port; `None` is plain HTTP.
+    pub http_tls: Option<crate::tls::HttpTls>,
 }
 
 impl Config {
@@ -63,6 +67,8 @@ impl Config {
             verdict_cache_entries: 65_536,
             flush_rows: 100_000,
             partition: Duration::from_secs(3600),
+            grpc_tls: None,
+            http_tls: None,
         }
     }
 }

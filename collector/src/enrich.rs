@@ -50,7 +50,12 @@ pub enum Malformed {
     },
     #[error("first_seen_ns {first} is after last_seen_ns {last}")]
     TimeOrder { first: u64, last: u64 },
+    #[error("interface name has {len} bytes, Linux allows at most {max}")]
+    InterfaceTooLong { len: usize, max: usize },
 }
+
+/// Linux interface names are at most IFNAMSIZ - 1 bytes.
+pub const MAX_INTERFACE_BYTES: usize = 15;
 
 /// A flow whose fields have been checked and decoded.
 #[derive(Debug, Clone, Copy)]
@@ -128,6 +133,12 @@ pub fn check(flow: &Flow) -> Result<Checked, Malformed> {
             max: i64::MAX as u64,
         })
     };
+    if flow.interface.len() > MAX_INTERFACE_BYTES {
+        return Err(Malformed::InterfaceTooLong {
+            len: flow.interface.len(),
+            max: MAX_INTERFACE_BYTES,
+        });
+    }
     if flow.first_seen_ns > flow.last_seen_ns {
         return Err(Malformed::TimeOrder {
             first: flow.first_seen_ns,

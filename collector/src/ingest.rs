@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::cluster::ClusterState;
 use crate::enrich::{Enricher, VerdictTally, check};
 use crate::metrics::{Metrics, RejectKind};
+use crate::tls::Peer;
 
 /// Sequences remembered per probe for deduplication. Older ones are
 /// summarised by a floor: anything below it counts as already stored.
@@ -31,9 +32,13 @@ const SEQUENCES_REMEMBERED: usize = 4096;
 /// Acks queued per stream before the stream stops reading batches (the
 /// probe then waits: backpressure, nothing dropped).
 const ACK_QUEUE: usize = 16;
-/// gRPC messages up to this size are decoded, so that an over-large batch
-/// gets a REJECTED ack naming the limit rather than a transport error.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// gRPC messages up to this size are decoded (a full batch of the default
+/// 10,000 flows is about 2 MB); a larger one ends its stream with
+/// RESOURCE_EXHAUSTED naming this limit.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+/// Kubernetes object names (and so node names) are DNS subdomains: at most
+/// 253 bytes. A probe id is "node/probe", bounded the same way.
+pub const MAX_NAME_BYTES: usize = 253;
 
 /// The ingest service; clone it freely.
 #[derive(Clone)]
@@ -99,10 +104,21 @@ impl Ingest {
         FlowIngestServer::new(self).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// Handles one batch: the ack to send, or a status ending the exchange
-    /// when the store failed.
+    /// Handles one batch from a plaintext peer: the ack to send, or a status
+    /// ending the exchange when the store failed.
     pub async fn handle(
         &self,
+        enricher: &mut Enricher,
+        batch: FlowBatch,
+    ) -> Result<BatchAck, Status> {
+        self.handle_from(&Peer::Unverified, enricher, batch).await
+    }
+
+    /// [`Ingest::handle`] for a batch from `peer`, whose certificate must
+    /// name the batch's node.
+    pub async fn handle_from(
+        &self,
+        peer: &Peer,
         enricher: &mut Enricher,
         batch: FlowBatch,
     ) -> Result<BatchAck, Status> {
@@ -134,6 +150,20 @@ impl Ingest {
                 RejectKind::Malformed,
                 "probe_id is empty (needed to deduplicate resent batches)".into(),
             );
+        }
+        for (field, value) in [("probe_id", &batch.probe_id), ("node", &batch.node)] {
+            if value.len() > MAX_NAME_BYTES {
+                return reject(
+                    RejectKind::Malformed,
+                    format!(
+                        "{field} has {} bytes, the limit is {MAX_NAME_BYTES}",
+                        value.len()
+                    ),
+                );
+            }
+        }
+        if let Err(reason) = peer.may_report_as(&batch.node) {
+            return reject(RejectKind::Identity, reason);
         }
         if batch.flows.len() > inner.max_batch_flows {
             return reject(
@@ -218,6 +248,7 @@ impl FlowIngest for Ingest {
         &self,
         request: Request<Streaming<FlowBatch>>,
     ) -> Result<Response<AckStream>, Status> {
+        let peer = peer_of(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(ACK_QUEUE);
         let this = self.clone();
@@ -225,11 +256,11 @@ impl FlowIngest for Ingest {
             let mut enricher = Enricher::new(this.inner.cache_entries);
             while let Some(message) = inbound.next().await {
                 let result = match message {
-                    Ok(batch) => this.handle(&mut enricher, batch).await,
-                    Err(status) => {
-                        tracing::debug!(%status, "probe stream ended");
-                        break;
-                    }
+                    Ok(batch) => this.handle_from(&peer, &mut enricher, batch).await,
+                    Err(status) => match this.refuse_frame(status) {
+                        Some(refusal) => Err(refusal),
+                        None => break,
+                    },
                 };
                 let failed = result.is_err();
                 // The receiver is gone when the probe hung up.
@@ -242,9 +273,51 @@ impl FlowIngest for Ingest {
     }
 
     async fn push(&self, request: Request<FlowBatch>) -> Result<Response<BatchAck>, Status> {
+        let peer = peer_of(&request);
         let mut enricher = self.inner.push_enricher.lock().await;
-        self.handle(&mut enricher, request.into_inner())
+        self.handle_from(&peer, &mut enricher, request.into_inner())
             .await
             .map(Response::new)
+    }
+}
+
+fn peer_of<T>(request: &Request<T>) -> Peer {
+    match request.peer_certs() {
+        Some(chain) => Peer::Certificate(chain),
+        None => Peer::Unverified,
+    }
+}
+
+/// What prost says when bytes are not a FlowBatch (tonic reports it as INTERNAL).
+const DECODE_FAILURE: &str = "failed to decode Protobuf message";
+
+impl Ingest {
+    /// The status to end a stream with when a frame could not be read as a
+    /// FlowBatch: the sender's fault, so not INTERNAL. `None` when the
+    /// stream just ended (the probe went away).
+    fn refuse_frame(&self, status: Status) -> Option<Status> {
+        let (kind, refusal) = match status.code() {
+            tonic::Code::OutOfRange => (
+                RejectKind::TooLarge,
+                Status::resource_exhausted(format!(
+                    "a message is larger than the collector's limit of {MAX_MESSAGE_BYTES} bytes: {}",
+                    status.message()
+                )),
+            ),
+            tonic::Code::Internal if status.message().starts_with(DECODE_FAILURE) => (
+                RejectKind::Malformed,
+                Status::invalid_argument(format!(
+                    "a message is not a flowgate.v1.FlowBatch: {}",
+                    status.message()
+                )),
+            ),
+            _ => {
+                tracing::debug!(%status, "probe stream ended");
+                return None;
+            }
+        };
+        self.inner.metrics.rejected(kind, 0);
+        tracing::warn!(status = %refusal.message(), "refused a frame");
+        Some(refusal)
     }
 }

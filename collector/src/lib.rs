@@ -18,6 +18,7 @@
 //! the bound addresses.
 
 pub mod api;
+pub mod certs;
 pub mod client;
 pub mod cluster;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod replay;
 pub mod tables;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,6 +71,8 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("the {server} server failed: {message}")]
     Serve {
         server: &'static str,
@@ -130,6 +134,25 @@ impl Collector {
         }
         Ok(())
     }
+}
+
+async fn serve_http<L>(
+    listener: L,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), Error>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .map_err(|e| Error::Serve {
+            server: "HTTP",
+            message: e.to_string(),
+        })
 }
 
 /// Opens the store, loads or watches the cluster, and starts the gRPC and
@@ -240,8 +263,23 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
         config.verdict_cache_entries,
     );
     let mut grpc_stop = stopped.clone();
+    let mut grpc_server = tonic::transport::Server::builder();
+    match &config.grpc_tls {
+        Some(tls) => {
+            grpc_server =
+                grpc_server
+                    .tls_config(tls.server_config()?)
+                    .map_err(|e| Error::Serve {
+                        server: "gRPC",
+                        message: format!("TLS: {e}"),
+                    })?;
+        }
+        None => tracing::warn!(
+            "gRPC ingest is plaintext and unauthenticated: any client that reaches {grpc_addr} can send flows as any node (give --tls-cert, --tls-key and --client-ca for mutual TLS)"
+        ),
+    }
     servers.spawn(async move {
-        tonic::transport::Server::builder()
+        grpc_server
             .add_service(ingest.into_service())
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
@@ -263,18 +301,15 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
         max_rows: config.query_max_rows,
     })
     .merge(flowgate_web::router());
-    let mut http_stop = stopped;
-    servers.spawn(async move {
-        axum::serve(http, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-            .map_err(|e| Error::Serve {
-                server: "HTTP",
-                message: e.to_string(),
-            })
-    });
+    match &config.http_tls {
+        Some(tls) => {
+            let https = tls::HttpsListener::new(http, tls)?;
+            servers.spawn(serve_http(https, router, stopped));
+        }
+        None => {
+            servers.spawn(serve_http(http, router, stopped));
+        }
+    }
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "collector listening");
     Ok(Collector {
         grpc_addr,

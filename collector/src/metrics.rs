@@ -153,6 +153,8 @@ pub enum RejectKind {
     TooLarge,
     Malformed,
     Store,
+    /// The batch's node is not the one the client certificate names.
+    Identity,
 }
 
 impl RejectKind {
@@ -162,6 +164,7 @@ impl RejectKind {
             RejectKind::TooLarge => "too_large",
             RejectKind::Malformed => "malformed",
             RejectKind::Store => "store",
+            RejectKind::Identity => "identity",
         }
     }
 }

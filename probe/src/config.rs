@@ -1,6 +1,7 @@
 //! `flowgate probe` settings: flags with `FLOWGATE_*` environment fallbacks.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use flowgate_ebpf::Granularity;
@@ -69,6 +70,53 @@ pub struct Config {
     /// already exported).
     #[arg(long, env = "FLOWGATE_FLOW_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub flow_idle_timeout: Duration,
+    /// CA (PEM) that signed the collector's certificate: with it the probe
+    /// speaks TLS (use an `https://` collector URL). Without any `--tls-*`
+    /// flag the stream is plaintext, and anyone on the path can read or forge it.
+    #[arg(long, env = "FLOWGATE_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This probe's client certificate (PEM); the collector requires its
+    /// DNS names to include this node's name (`--node-name`).
+    #[arg(long, env = "FLOWGATE_TLS_CERT", value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "FLOWGATE_TLS_KEY", value_name = "FILE", requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// A TLS file the probe could not read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the {what} {path}")]
+pub struct TlsFileError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Config {
+    /// The gRPC client's TLS settings, `None` for plaintext.
+    pub fn client_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, TlsFileError> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let read = |what, path: &PathBuf| {
+            std::fs::read(path).map_err(|source| TlsFileError {
+                what,
+                path: path.clone(),
+                source,
+            })
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("CA", ca)?));
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read("client certificate", cert)?,
+                read("client key", key)?,
+            ));
+        }
+        Ok(Some(tls))
+    }
 }
 
 impl Config {

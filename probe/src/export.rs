@@ -112,6 +112,8 @@ pub type Losses = Arc<dyn Fn() -> LossReport + Send + Sync>;
 /// Everything the delivery loop needs.
 pub struct Exporter {
     pub collector: String,
+    /// TLS (and the client certificate) for the collector; `None`: plaintext.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub probe_id: String,
     pub node: String,
     pub buffer: Arc<Mutex<Buffer>>,
@@ -123,27 +125,66 @@ pub struct Exporter {
 
 impl Exporter {
     /// Streams the buffer to the collector until `shutdown` is notified,
-    /// reconnecting with exponential backoff (100 ms to 10 s).
+    /// reconnecting with exponential backoff (100 ms to 10 s). The backoff
+    /// starts over once a stream has delivered an acknowledgement, so a
+    /// collector restart after a long healthy stream is retried quickly.
     pub async fn run(self, shutdown: Arc<Notify>) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         loop {
+            let mut acked = false;
             tokio::select! {
                 _ = shutdown.notified() => return,
-                result = self.stream_once() => match result {
-                    Ok(()) => backoff = Duration::from_millis(100),
-                    Err(e) => tracing::warn!(collector = %self.collector, error = %e, retry_in = ?backoff, "collector unavailable"),
+                e = self.stream_once(&mut acked) => {
+                    if acked {
+                        backoff.reset();
+                    }
+                    tracing::warn!(collector = %self.collector, error = %e, retry_in = ?backoff.current(), "collector unavailable");
                 }
             }
             self.metrics.reconnects.inc();
             tokio::select! {
                 _ = shutdown.notified() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.current()) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+            backoff.grow();
         }
     }
 
-    async fn stream_once(&self) -> Result<(), tonic::Status> {
+    async fn connect(&self) -> Result<FlowIngestClient<tonic::transport::Channel>, tonic::Status> {
+        let unavailable = |e: tonic::transport::Error| {
+            // The cause chain says why (refused, certificate unknown…).
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            tonic::Status::unavailable(format!("connect: {text}"))
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.collector.clone())
+            .map_err(|e| tonic::Status::invalid_argument(format!("collector URL: {e}")))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(unavailable)?;
+        }
+        let channel = endpoint.connect().await.map_err(unavailable)?;
+        Ok(FlowIngestClient::new(channel))
+    }
+
+    /// One stream, until it fails (it never ends otherwise). Sets `acked`
+    /// once the collector acknowledged a batch on it.
+    async fn stream_once(&self, acked: &mut bool) -> tonic::Status {
+        match self.stream_inner(acked).await {
+            Ok(never) => match never {},
+            Err(e) => e,
+        }
+    }
+
+    async fn stream_inner(
+        &self,
+        acked: &mut bool,
+    ) -> Result<std::convert::Infallible, tonic::Status> {
+        let mut client = self.connect().await?;
         let Exporter {
             collector,
             probe_id,
@@ -152,10 +193,8 @@ impl Exporter {
             more,
             losses,
             metrics,
+            tls: _,
         } = self;
-        let mut client = FlowIngestClient::connect(collector.to_string())
-            .await
-            .map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
         // Bounded: at most 16 batches in flight on the wire; the buffer holds the rest.
         let (tx, rx) = mpsc::channel::<FlowBatch>(16);
         let mut acks = client.stream(ReceiverStream::new(rx)).await?.into_inner();
@@ -186,6 +225,7 @@ impl Exporter {
                         None => return Err(tonic::Status::unavailable("collector closed the stream")),
                         Some(ack) => ack?,
                     };
+                    *acked = true;
                     let status = ack.status();
                     let released = buffer.lock().unwrap().ack(ack.sequence);
                     match status {
@@ -205,6 +245,33 @@ impl Exporter {
                 }
             }
         }
+    }
+}
+
+/// Reconnect delays: 100 ms doubling to 10 s.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+
+    pub fn current(&self) -> Duration {
+        self.0
+    }
+
+    pub fn grow(&mut self) {
+        self.0 = (self.0 * 2).min(Self::MAX);
+    }
+
+    pub fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Self::FIRST)
     }
 }
 

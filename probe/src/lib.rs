@@ -58,6 +58,8 @@ pub enum ProbeError {
     Attach(#[from] attach::AttachError),
     #[error("watching the ring buffer: {0}")]
     RingBuf(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] config::TlsFileError),
 }
 
 /// How often the ring buffer is drained when the kernel does not wake us.
@@ -244,6 +246,7 @@ pub async fn run(
     let exporter = tokio::spawn(
         export::Exporter {
             collector: config.collector.clone(),
+            tls: config.client_tls()?,
             probe_id,
             node,
             buffer: buffer.clone(),

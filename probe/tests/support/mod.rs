@@ -259,6 +259,9 @@ pub fn config(
         max_batch_flows: 1000,
         buffer_records: 1_000_000,
         flow_idle_timeout: std::time::Duration::from_secs(30),
+        tls_ca: None,
+        tls_cert: None,
+        tls_key: None,
     }
 }
 
