@@ -7,6 +7,7 @@ mod certs;
 mod collector;
 mod demo;
 mod explain;
+mod lint;
 mod probe;
 mod query;
 mod replay;
@@ -24,6 +25,9 @@ struct Cli {
 enum Command {
     /// Decide whether NetworkPolicies allow a connection, and explain why.
     Explain(explain::Args),
+    /// Check NetworkPolicies against the best practices (default deny, stale
+    /// selectors, ignored rules, DNS under egress isolation…); exits 1 on an error.
+    Lint(lint::Args),
     /// Observe every packet on this node's pod interfaces with eBPF and
     /// stream flow records to the collector (run as root, one per node).
     Probe(probe::Args),
@@ -47,6 +51,7 @@ fn main() -> std::process::ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Explain(args) => explain::run(args),
+        Command::Lint(args) => lint::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Collector(args) => collector::run(args),

@@ -99,6 +99,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/explain", get(explain))
         .route("/api/v1/policies", get(policies))
+        .route("/api/v1/lint", get(lint))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -490,6 +491,34 @@ async fn policies(State(state): State<AppState>) -> Result<Json<Value>, ApiError
     Ok(Json(
         json!({ "generation": snapshot.cluster.generation(), "policies": policies }),
     ))
+}
+
+/// Every rule some stored flow was admitted by: `namespace/name/direction/index`.
+const HIT_RULES_SQL: &str =
+    "SELECT DISTINCT rule FROM (SELECT unnest(allowed_rules) AS rule FROM flows)";
+
+/// The lint findings for the current cluster, plus `rule-never-hit` over
+/// the stored flows.
+async fn lint(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let snapshot = state.cluster.load();
+    let cluster = &snapshot.cluster;
+    let rows = sql_rows(&state, HIT_RULES_SQL).await?;
+    let hit: std::collections::HashSet<String> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("rule").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    let mut findings = flowgate_policy::lint(cluster);
+    findings.extend(flowgate_policy::rule_never_hit(
+        cluster,
+        "the stored flows",
+        |ns, name, direction, index| hit.contains(&format!("{ns}/{name}/{direction}/{index}")),
+    ));
+    Ok(Json(json!({
+        "generation": cluster.generation(),
+        "findings": findings,
+    })))
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {

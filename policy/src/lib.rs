@@ -33,6 +33,7 @@ mod cluster;
 mod convert;
 mod error;
 mod explain;
+mod lint;
 mod model;
 mod selector;
 mod yaml;
@@ -45,6 +46,7 @@ pub use error::{BuildError, ParseError};
 pub use explain::{
     DirectionExplanation, EndpointView, Explanation, PolicyMiss, PolicyRef, RuleMiss, RuleRef,
 };
+pub use lint::{Finding, LintRule, Severity, has_errors, lint, rule_never_hit};
 pub use model::{
     Direction, NamedPort, NamespaceInfo, Peer, PodId, PodInfo, PolicyId, PolicyInfo, PortMatch,
     PortSpec, Protocol, Rule, RuleId, UnknownProtocol, Workload,

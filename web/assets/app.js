@@ -7,9 +7,10 @@ import * as flows from "./flows.js";
 import * as why from "./why.js";
 import * as map from "./map.js";
 import * as policies from "./policies.js";
+import * as lint from "./lint.js";
 import * as sql from "./sql.js";
 
-const PAGES = { flows, why, map, policies, sql };
+const PAGES = { flows, why, map, policies, lint, sql };
 
 let unmount = null;
 

@@ -40,6 +40,7 @@ const ASSETS: &[Asset] = &[
     asset!("why.js", JS),
     asset!("map.js", JS),
     asset!("policies.js", JS),
+    asset!("lint.js", JS),
     asset!("sql.js", JS),
     asset!("favicon.svg", "image/svg+xml"),
 ];

@@ -226,6 +226,24 @@ try {
     check(listed.every((t) => t.includes("prod/allow-same-namespace")), `policy filter: ${listed.join(" | ")}`);
   });
 
+  await step("the lint page lists findings with their fix, and filters by severity in the URL", async () => {
+    await go("#/lint");
+    const dns = page.locator('article.finding[data-rule="egress-without-dns"]');
+    await dns.first().waitFor();
+    const text = await dns.first().innerText();
+    check(text.includes("prod/my-app-egress") && /error/.test(text) && text.includes("Fix:") && text.includes("kube-dns"), `egress-without-dns: ${text}`);
+    const deny = await page.locator('article.finding[data-rule="namespace-without-default-deny"]').allInnerTexts();
+    check(deny.some((t) => t.includes("namespace shop") && t.includes("egress")), `shop has no default-deny egress: ${deny.join(" | ")}`);
+    // Every rule of the fixture admitted one of its flows: none is "never hit".
+    const neverHit = await page.locator('article.finding[data-rule="rule-never-hit"]').allInnerTexts();
+    check(neverHit.length === 0, `rules the fixture's flows went through are reported as never hit: ${neverHit.join(" | ")}`);
+    await shot("lint");
+    await page.selectOption("#lint-severity", "error");
+    await page.waitForFunction(() => location.hash.includes("severity=error"));
+    await page.waitForFunction(() => !document.querySelector("article.finding.warning, article.finding.info"));
+    check((await page.locator("article.finding.error").count()) >= 1, "the error filter shows no error");
+  });
+
   if (big) {
     await step(`${big.toLocaleString("en-US")} more flows scroll without putting them all in the page`, async () => {
       await go("#/flows?since=1h&limit=50000");
