@@ -66,11 +66,15 @@ fn render_text(findings: &[Finding]) -> String {
         ));
     }
     let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
+    let n = |s: Severity, word: &str| match count(s) {
+        1 => format!("1 {word}"),
+        k => format!("{k} {word}s"),
+    };
     out.push_str(&format!(
-        "{} errors, {} warnings, {} notes\n",
-        count(Severity::Error),
-        count(Severity::Warning),
-        count(Severity::Info)
+        "{}, {}, {}\n",
+        n(Severity::Error, "error"),
+        n(Severity::Warning, "warning"),
+        n(Severity::Info, "note")
     ));
     out
 }

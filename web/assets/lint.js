@@ -34,7 +34,8 @@ async function load(list, summary, shown, ctx) {
     return;
   }
   const count = (s) => answer.findings.filter((f) => f.severity === s).length;
-  fill(summary, `${count("error")} errors · ${count("warning")} warnings · ${count("info")} notes (generation ${answer.generation})`);
+  const n = (k, word) => `${k} ${word}${k === 1 ? "" : "s"}`;
+  fill(summary, `${n(count("error"), "error")} · ${n(count("warning"), "warning")} · ${n(count("info"), "note")} (generation ${answer.generation})`);
   const findings = answer.findings.filter((f) => !shown || f.severity === shown);
   if (!findings.length) {
     fill(list, h("p", { class: "empty" }, shown ? `No ${shown} findings.` : "No findings: the policies follow every practice checked."));
@@ -45,11 +46,11 @@ async function load(list, summary, shown, ctx) {
     findings.map((f) =>
       h(
         "article",
-        { class: `finding ${f.severity}`, dataset: { rule: f.rule } },
+        { class: `finding sev-${f.severity}`, dataset: { rule: f.rule, severity: f.severity } },
         h(
           "header",
           {},
-          h("span", { class: `badge ${f.severity}` }, f.severity),
+          h("span", { class: `badge sev-${f.severity}` }, f.severity),
           h("code", { class: "rule" }, f.rule),
           f.policy
             ? h("a", { href: hashFor("policies", {}), class: "where" }, `${f.namespace}/${f.policy}`)

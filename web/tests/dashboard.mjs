@@ -240,8 +240,8 @@ try {
     await shot("lint");
     await page.selectOption("#lint-severity", "error");
     await page.waitForFunction(() => location.hash.includes("severity=error"));
-    await page.waitForFunction(() => !document.querySelector("article.finding.warning, article.finding.info"));
-    check((await page.locator("article.finding.error").count()) >= 1, "the error filter shows no error");
+    await page.waitForFunction(() => !document.querySelector("article.finding.sev-warning, article.finding.sev-info"));
+    check((await page.locator("article.finding.sev-error").count()) >= 1, "the error filter shows no error");
   });
 
   if (big) {
