@@ -204,6 +204,10 @@ pub fn to_flows(
                 drop_reason_code: 0,
                 drop_reason: f.drop_reason.clone().unwrap_or_default(),
                 dropped_packets: if dropped { f.packets } else { 0 },
+                outcome: v1::Outcome::Unspecified as i32,
+                failure: v1::Failure::Unspecified as i32,
+                src_dns_name: String::new(),
+                dst_dns_name: String::new(),
                 enrichment: None,
             })
         })

@@ -27,6 +27,12 @@
 #define FG_EVENT_NEW_FLOW 2 /* flow mode: first packet of a new flow-table entry */
 #define FG_EVENT_TCP_CTRL 3 /* flow mode: a packet with SYN, FIN or RST */
 #define FG_EVENT_DROP 4     /* skb:kfree_skb: the kernel dropped a packet */
+#define FG_EVENT_DNS 5      /* a DNS response delivered to a pod: struct fg_dns_event */
+
+/* DNS responses are copied up to this many bytes of the UDP payload (the
+ * classic limit; longer answers are cut and parsed as far as they go). */
+#define FG_DNS_MAX 512
+#define FG_DNS_PORT 53
 
 /* Indexes of the per-CPU counters array fg_counters. */
 #define FG_CTR_RINGBUF_LOST 0    /* events not reserved: ring buffer full */
@@ -71,6 +77,15 @@ struct fg_event {
 	__u8 tcp_flags;
 	__u16 _pad;
 	__u32 drop_reason; /* enum skb_drop_reason, for FG_EVENT_DROP */
+};
+
+/* A DNS response (source port 53, UDP or TCP) seen entering a pod. For
+ * TCP the payload starts with the 2-byte DNS length prefix. */
+struct fg_dns_event {
+	struct fg_event event; /* kind FG_EVENT_DNS; key and hook as for packets */
+	__u32 payload_len;     /* bytes of payload captured, <= FG_DNS_MAX */
+	__u32 _pad;
+	__u8 payload[FG_DNS_MAX];
 };
 
 #endif

@@ -36,5 +36,10 @@ int main(void)
 	OFF(fg_event, tcp_flags);
 	OFF(fg_event, _pad);
 	OFF(fg_event, drop_reason);
+	SIZE(fg_dns_event);
+	OFF(fg_dns_event, event);
+	OFF(fg_dns_event, payload_len);
+	OFF(fg_dns_event, _pad);
+	OFF(fg_dns_event, payload);
 	return 0;
 }

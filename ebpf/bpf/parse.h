@@ -55,8 +55,10 @@ static __always_inline int fg_load(struct __sk_buff *skb, __u32 off, void *dst, 
 	return bpf_skb_load_bytes(skb, off, dst, len);
 }
 
-/* Fills key (addresses, ports, protocol, version) and *tcp_flags. */
-static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_flow_key *key, __u8 *tcp_flags)
+/* Fills key (addresses, ports, protocol, version), *tcp_flags and
+ * *payload_off (where the TCP/UDP payload starts; 0 for other protocols). */
+static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_flow_key *key, __u8 *tcp_flags,
+				    __u32 *payload_off)
 {
 	__u32 off = ETH_HLEN;
 	__u16 proto;
@@ -133,9 +135,12 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_flow_key *k
 		key->src_port = ((__u16)tcp[0] << 8) | tcp[1];
 		key->dst_port = ((__u16)tcp[2] << 8) | tcp[3];
 		*tcp_flags = tcp[13];
+		*payload_off = off + (tcp[12] >> 4) * 4;
 		break;
 	}
 	case IPPROTO_UDP:
+		*payload_off = off + 8;
+		/* fall through */
 	case IPPROTO_SCTP: {
 		__u8 ports[4];
 		if (fg_load(skb, off, ports, sizeof(ports)) < 0)

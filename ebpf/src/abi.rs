@@ -16,6 +16,11 @@ pub const EVENT_PACKET: u8 = 1;
 pub const EVENT_NEW_FLOW: u8 = 2;
 pub const EVENT_TCP_CTRL: u8 = 3;
 pub const EVENT_DROP: u8 = 4;
+pub const EVENT_DNS: u8 = 5;
+
+/// Most DNS payload bytes a [`DnsEvent`] carries.
+pub const DNS_MAX: usize = 512;
+pub const DNS_PORT: u16 = 53;
 
 /// Indexes of the per-CPU `fg_counters` array.
 pub mod counter {
@@ -66,6 +71,31 @@ pub struct Event {
     pub tcp_flags: u8,
     pub _pad: u16,
     pub drop_reason: u32,
+}
+
+/// `struct fg_dns_event`: a DNS response entering a pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DnsEvent {
+    pub event: Event,
+    pub payload_len: u32,
+    pub _pad: u32,
+    pub payload: [u8; DNS_MAX],
+}
+
+impl DnsEvent {
+    /// The payload bytes of a ring-buffer record of kind [`EVENT_DNS`]
+    /// (`None` if the record is shorter than the structure or its length
+    /// field exceeds the buffer).
+    pub fn payload_of(bytes: &[u8]) -> Option<&[u8]> {
+        if bytes.len() < size_of::<DnsEvent>() {
+            return None;
+        }
+        let at = std::mem::offset_of!(DnsEvent, payload_len);
+        let len = u32::from_ne_bytes(bytes[at..at + 4].try_into().ok()?) as usize;
+        let start = std::mem::offset_of!(DnsEvent, payload);
+        (len <= DNS_MAX).then(|| &bytes[start..start + len])
+    }
 }
 
 // SAFETY: plain-old-data: fixed-size integer fields, no padding, every bit
@@ -157,6 +187,14 @@ mod tests {
             ("fg_event.tcp_flags", offset_of!(Event, tcp_flags)),
             ("fg_event._pad", offset_of!(Event, _pad)),
             ("fg_event.drop_reason", offset_of!(Event, drop_reason)),
+            ("fg_dns_event", size_of::<DnsEvent>()),
+            ("fg_dns_event.event", offset_of!(DnsEvent, event)),
+            (
+                "fg_dns_event.payload_len",
+                offset_of!(DnsEvent, payload_len),
+            ),
+            ("fg_dns_event._pad", offset_of!(DnsEvent, _pad)),
+            ("fg_dns_event.payload", offset_of!(DnsEvent, payload)),
         ];
         let c: Vec<(&str, usize)> = c
             .lines()
@@ -177,6 +215,7 @@ mod tests {
             size_of::<Event>(),
             8 + size_of::<FlowKey>() + 4 + 1 + 1 + 2 + 4
         );
+        assert_eq!(size_of::<DnsEvent>(), size_of::<Event>() + 4 + 4 + DNS_MAX);
     }
 
     #[test]
@@ -189,5 +228,18 @@ mod tests {
         assert_eq!(k.src().to_string(), "10.0.0.1");
         assert_eq!(k.reversed().dst().to_string(), "10.0.0.1");
         assert!(Event::from_bytes(&[0u8; 10]).is_none());
+    }
+
+    #[test]
+    fn dns_payload_is_bounded_by_its_length_field() {
+        let mut rec = vec![0u8; size_of::<DnsEvent>()];
+        let at = offset_of!(DnsEvent, payload_len);
+        rec[at..at + 4].copy_from_slice(&3u32.to_ne_bytes());
+        let start = offset_of!(DnsEvent, payload);
+        rec[start..start + 3].copy_from_slice(b"abc");
+        assert_eq!(DnsEvent::payload_of(&rec), Some(&b"abc"[..]));
+        rec[at..at + 4].copy_from_slice(&9999u32.to_ne_bytes());
+        assert_eq!(DnsEvent::payload_of(&rec), None, "length beyond the buffer");
+        assert_eq!(DnsEvent::payload_of(&rec[..100]), None, "short record");
     }
 }

@@ -10,8 +10,11 @@
 use std::net::IpAddr;
 
 use flowgate_ebpf::abi::{self, Event, FlowKey, FlowStats};
-use flowgate_proto::v1::{Direction, Flow, IpVersion, KernelFate, Protocol};
+use flowgate_proto::v1::{Direction, Failure, Flow, IpVersion, KernelFate, Outcome, Protocol};
 use rustc_hash::FxHashMap;
+
+use crate::dns;
+use crate::outcome::{self, Observation, Side, Tracker};
 
 const TCP_SYN: u32 = 0x02;
 const TCP_ACK: u32 = 0x10;
@@ -19,12 +22,12 @@ const TCP_CTRL: u32 = 0x01 | 0x02 | 0x04;
 
 /// Addresses, ports and protocol: what a drop and a flow share.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-struct Tuple {
-    src: [u8; 16],
-    dst: [u8; 16],
-    sport: u16,
-    dport: u16,
-    proto: u8,
+pub(crate) struct Tuple {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
 }
 
 impl Tuple {
@@ -77,6 +80,7 @@ struct DropAcc {
     last_ns: u64,
     reason: u32,
     ifindex: u32,
+    flags: u32,
     key: FlowKey,
 }
 
@@ -111,10 +115,25 @@ pub struct Aggregator {
     /// Drop reasons that mean the endpoint discarded a delivered packet
     /// (no socket, socket teardown, TCP state): not the network's verdict.
     endpoint_reasons: rustc_hash::FxHashSet<u32>,
+    /// The NO_SOCKET reason: nothing listened (evidence for `refused`).
+    no_socket_reason: Option<u32>,
+    /// The failure class of each network drop reason.
+    failure_classes: FxHashMap<u32, Failure>,
+    /// Connections' outcomes, accumulated over windows.
+    tracker: Tracker,
     /// Packets freed for an endpoint reason (counted, not a flow's fate).
     pub endpoint_drops: u64,
     /// Packets of protocols the schema cannot carry (counted, not exported).
     pub other_protocol_packets: u64,
+    /// Per pod interface: address → DNS name the pod resolved.
+    names: dns::Names,
+    /// DNS responses seen, and those that did not parse.
+    pub dns_responses: u64,
+    pub dns_malformed: u64,
+    /// Hold a record whose outcome is still open for one more window.
+    hold_undecided: bool,
+    /// Records held from the last window, exported with the next.
+    held: Vec<(FlowKey, Acc)>,
 }
 
 /// One exported window.
@@ -133,10 +152,40 @@ impl Aggregator {
         }
     }
 
-    /// Drop reasons (codes) to treat as the endpoint's, not the network's.
-    pub fn with_endpoint_reasons(mut self, codes: impl IntoIterator<Item = u32>) -> Self {
-        self.endpoint_reasons = codes.into_iter().collect();
+    /// The kernel's drop reasons by code: which are the endpoint's (not the
+    /// network's verdict), which means no listener, and the failure class
+    /// of the others.
+    pub fn with_reasons<'a>(mut self, names: impl IntoIterator<Item = (u32, &'a str)>) -> Self {
+        for (code, name) in names {
+            if name == "NO_SOCKET" {
+                self.no_socket_reason = Some(code);
+            }
+            if crate::preflight::is_endpoint_reason(name) {
+                self.endpoint_reasons.insert(code);
+            } else {
+                self.failure_classes
+                    .insert(code, crate::preflight::failure_of(name));
+            }
+        }
         self
+    }
+
+    /// The tuple of the connection `t` belongs to, as its opener sent it.
+    fn opener_of(&self, t: &Tuple, tcp_flags: u32) -> Tuple {
+        let reply = match self.orientation.get(t) {
+            Some((reply, _)) => *reply,
+            None => t.proto == 6 && tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK),
+        };
+        if !reply {
+            return *t;
+        }
+        match outcome::icmp_request_of(t.proto, t.sport) {
+            Some(request) => Tuple {
+                sport: request,
+                ..t.reversed()
+            },
+            None => t.reversed(),
+        }
     }
 
     /// A ring-buffer event.
@@ -160,11 +209,22 @@ impl Aggregator {
                 acc.flags |= u32::from(e.tcp_flags) & TCP_CTRL;
             }
             abi::EVENT_DROP => {
+                let t = Tuple::of(&e.key);
+                let opener = self.opener_of(&t, e.tcp_flags.into());
                 if self.endpoint_reasons.contains(&e.drop_reason) {
                     self.endpoint_drops += 1;
+                    if self.no_socket_reason == Some(e.drop_reason) {
+                        self.tracker.no_listener(opener, e.timestamp_ns);
+                    }
                     return;
                 }
-                let t = Tuple::of(&e.key);
+                let class = self
+                    .failure_classes
+                    .get(&e.drop_reason)
+                    .copied()
+                    .unwrap_or(Failure::Other);
+                self.tracker
+                    .dropped(opener, e.drop_reason, class, e.timestamp_ns);
                 let d = self.drops.entry(t).or_insert_with(|| DropAcc {
                     first_ns: e.timestamp_ns,
                     key: e.key,
@@ -175,9 +235,49 @@ impl Aggregator {
                 d.last_ns = e.timestamp_ns;
                 d.reason = e.drop_reason;
                 d.ifindex = e.key.ifindex;
+                d.flags |= u32::from(e.tcp_flags);
             }
             _ => {}
         }
+    }
+
+    /// Holds a record whose connection's outcome cannot be told yet (a SYN
+    /// whose answer lands just after the window ends) for one window, so
+    /// that its record carries the outcome. Costs those records one window
+    /// of latency.
+    pub fn holding_undecided(mut self) -> Self {
+        self.hold_undecided = true;
+        self
+    }
+
+    /// The next flush exports everything, held records included (shutdown).
+    pub fn release_held(&mut self) {
+        self.hold_undecided = false;
+    }
+
+    /// A DNS response entering a pod (`payload`: the L4 payload captured).
+    pub fn dns_response(&mut self, e: &Event, payload: &[u8]) {
+        self.dns_responses += 1;
+        // DNS over TCP: a 2-byte length precedes the message; only a
+        // segment that starts one is read.
+        let msg = match e.key.protocol {
+            6 if payload.len() >= 2 => &payload[2..],
+            6 => return,
+            _ => payload,
+        };
+        match dns::parse_response(msg) {
+            Ok(answer) => self.names.learn(e.key.ifindex, answer, e.timestamp_ns),
+            Err(error) => {
+                self.dns_malformed += 1;
+                tracing::debug!(%error, interface = e.key.ifindex, "DNS response not understood (counted)");
+            }
+        }
+    }
+
+    /// Answers not remembered because the name map was full, and the
+    /// number of names held.
+    pub fn dns_names(&self) -> (u64, usize) {
+        (self.names.full, self.names.len())
     }
 
     fn note_tuple(&mut self, key: &FlowKey, flags: u32, ts: u64) {
@@ -267,6 +367,17 @@ impl Aggregator {
         let mut flows = Vec::with_capacity(self.window.len());
         let mut joined: Vec<Tuple> = Vec::new();
         let mut early = Vec::new();
+        self.observe_connections();
+        // Held records were observed with their own window; they join this
+        // one now and are not held twice.
+        let mut released = rustc_hash::FxHashSet::default();
+        for (key, h) in std::mem::take(&mut self.held) {
+            released.insert(key);
+            self.window
+                .entry(key)
+                .or_default()
+                .add(h.packets, h.bytes, h.first_ns, h.last_ns, h.flags);
+        }
         for (key, acc) in std::mem::take(&mut self.window) {
             if !exportable(key.protocol) {
                 self.other_protocol_packets += acc.packets;
@@ -290,12 +401,20 @@ impl Aggregator {
                 0
             };
             f.is_reply = self.orientation.get(&t).is_some_and(|(r, _)| *r);
+            self.set_outcome(&mut f, key.ifindex, &t, acc.flags);
+            self.set_dns_names(&mut f, &key, acc.first_ns);
             f.kernel_fate = KernelFate::Forwarded as i32;
             if let Some(d) = self.drops.get(&t) {
                 f.kernel_fate = KernelFate::Dropped as i32;
                 f.drop_reason_code = d.reason;
                 f.dropped_packets = d.packets;
                 joined.push(t);
+            } else if self.hold_undecided
+                && f.outcome == Outcome::Unspecified as i32
+                && !released.contains(&key)
+            {
+                self.held.push((key, acc));
+                continue;
             }
             flows.push(f);
         }
@@ -325,6 +444,7 @@ impl Aggregator {
             f.kernel_fate = KernelFate::Dropped as i32;
             f.drop_reason_code = d.reason;
             f.dropped_packets = d.packets;
+            self.set_outcome(&mut f, d.ifindex, &t, d.flags);
             flows.push(f);
         }
         // Forget orientations of tuples idle for 5 minutes.
@@ -332,8 +452,60 @@ impl Aggregator {
             let horizon = (i128::from(newest) - mono_to_unix_ns - 300_000_000_000).max(0) as u64;
             self.orientation
                 .retain(|_, (_, first)| *first >= horizon || horizon == 0);
+            let newest_mono = (i128::from(newest) - mono_to_unix_ns).max(0) as u64;
+            self.tracker.expire(newest_mono);
+            self.names.expire(newest_mono);
         }
         flows
+    }
+
+    /// Feeds this window's observations to the connection tracker.
+    fn observe_connections(&mut self) {
+        for (key, acc) in &self.window {
+            if acc.packets == 0 {
+                continue;
+            }
+            let t = Tuple::of(key);
+            let opener = self.opener_of(&t, acc.flags);
+            let side = if opener == t {
+                Side::Opener
+            } else {
+                Side::Answer
+            };
+            self.tracker.observe(
+                key.ifindex,
+                opener,
+                side,
+                Observation {
+                    packets: acc.packets,
+                    flags: acc.flags,
+                    first_ns: acc.first_ns,
+                    last_ns: acc.last_ns,
+                },
+            );
+        }
+    }
+
+    /// The names the pod behind the interface resolved for the other side:
+    /// what it sends goes to `dst`, what it receives comes from `src`.
+    fn set_dns_names(&self, f: &mut Flow, key: &FlowKey, at_ns: u64) {
+        let name = |addr| {
+            self.names
+                .name(key.ifindex, addr, at_ns)
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        match key.hook {
+            abi::HOOK_INGRESS => f.dst_dns_name = name(key.dst()),
+            abi::HOOK_EGRESS => f.src_dns_name = name(key.src()),
+            _ => {}
+        }
+    }
+
+    fn set_outcome(&self, f: &mut Flow, ifindex: u32, t: &Tuple, tcp_flags: u32) {
+        let (outcome, failure) = self.tracker.judge(ifindex, self.opener_of(t, tcp_flags));
+        f.outcome = outcome as i32;
+        f.failure = failure as i32;
     }
 
     fn base_flow(&self, key: &FlowKey, ifname: &dyn Fn(u32) -> String) -> Flow {
@@ -493,7 +665,11 @@ mod tests {
     #[test]
     fn endpoint_drops_and_other_protocols_are_counted_not_exported() {
         // 2 = NOT_SPECIFIED, 3 = NO_SOCKET as endpoint reasons; 6 is a network drop.
-        let mut a = Aggregator::new("n1".into()).with_endpoint_reasons([2, 3]);
+        let mut a = Aggregator::new("n1".into()).with_reasons([
+            (2, "NOT_SPECIFIED"),
+            (3, "NO_SOCKET"),
+            (6, "NETFILTER_DROP"),
+        ]);
         let udp = key(1, 2, 5000, 53, 17, abi::HOOK_EGRESS);
         a.event(&ev(abi::EVENT_PACKET, udp, 1, 0));
         a.event(&Event {
@@ -518,6 +694,36 @@ mod tests {
             "a socket-side free is not the network's verdict"
         );
         assert_eq!((a.endpoint_drops, a.other_protocol_packets), (1, 2));
+    }
+
+    #[test]
+    fn an_undecided_record_waits_one_window_for_its_answer() {
+        let mut a = Aggregator::new("n1".into())
+            .with_reasons([(3, "NO_SOCKET")])
+            .holding_undecided();
+        let syn = key(1, 2, 40000, 80, 6, abi::HOOK_INGRESS);
+        a.event(&ev(abi::EVENT_PACKET, syn, 10, 0x02));
+        assert!(flush(&mut a).is_empty(), "held: nothing can be said yet");
+        // The answer lands in the next window.
+        a.event(&ev(abi::EVENT_PACKET, syn.reversed(), 11, 0x14));
+        let flows = flush(&mut a);
+        assert_eq!(flows.len(), 2);
+        for f in &flows {
+            assert_eq!(
+                (f.outcome(), f.failure(), f.packets),
+                (Outcome::Refused, Failure::NoListener, 1)
+            );
+        }
+        // A record still undecided after its extra window goes out as is.
+        let lone = key(1, 2, 5000, 9, 17, abi::HOOK_INGRESS);
+        a.event(&ev(abi::EVENT_PACKET, lone, 20, 0));
+        assert!(flush(&mut a).is_empty());
+        let flows = flush(&mut a);
+        assert_eq!((flows.len(), flows[0].outcome()), (1, Outcome::Unspecified));
+        // At shutdown nothing waits.
+        a.event(&ev(abi::EVENT_PACKET, lone, 30, 0));
+        a.release_held();
+        assert_eq!(flush(&mut a).len(), 1);
     }
 
     #[test]

@@ -12,8 +12,10 @@
 pub mod aggregate;
 pub mod attach;
 pub mod config;
+pub mod dns;
 pub mod export;
 pub mod metrics;
+mod outcome;
 pub mod preflight;
 
 use std::future::Future;
@@ -23,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use aya::Btf;
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{BtfTracePoint, SchedClassifier};
-use flowgate_ebpf::abi::{Event, FlowKey, FlowStats, counter};
+use flowgate_ebpf::abi::{self, DnsEvent, Event, FlowKey, FlowStats, counter};
 use flowgate_ebpf::{Granularity, names};
 use flowgate_proto::v1::{Flow, LossReport};
 use tokio::io::unix::AsyncFd;
@@ -174,12 +176,10 @@ pub async fn run(
     let metrics_task = tokio::spawn(metrics::serve(listener, metrics.clone()));
 
     let node = config.node();
-    let endpoint_reasons = reasons
-        .iter()
-        .filter(|(_, n)| preflight::is_endpoint_reason(n))
-        .map(|(c, _)| *c);
     let agg = Arc::new(Mutex::new(
-        aggregate::Aggregator::new(node.clone()).with_endpoint_reasons(endpoint_reasons),
+        aggregate::Aggregator::new(node.clone())
+            .with_reasons(reasons.iter().map(|(c, n)| (*c, n.as_str())))
+            .holding_undecided(),
     ));
 
     // Ring buffer → aggregator.
@@ -196,8 +196,13 @@ pub async fn run(
             let ring = rb.get_mut();
             let mut agg = agg_rb.lock().unwrap();
             while let Some(item) = ring.next() {
-                if let Some(e) = Event::from_bytes(&item) {
-                    agg.event(&e);
+                match Event::from_bytes(&item) {
+                    Some(e) if e.kind == abi::EVENT_DNS => match DnsEvent::payload_of(&item) {
+                        Some(payload) => agg.dns_response(&e, payload),
+                        None => agg.dns_malformed += 1,
+                    },
+                    Some(e) => agg.event(&e),
+                    None => {}
                 }
             }
         }
@@ -269,6 +274,9 @@ pub async fn run(
             _ = tick.tick() => false,
             _ = &mut shutdown => true,
         };
+        if last {
+            agg.lock().unwrap().release_held();
+        }
         let flows = export_window(
             &agg,
             &mut flow_table,
@@ -394,25 +402,24 @@ fn export_window(
     // Lock order: the attacher is never awaited while the names are held
     // (the interface watcher takes the names inside the attacher).
     let names = ifnames.read().unwrap();
-    let (before_unrelated, before_endpoint, before_other) = (
-        agg.unrelated_drops,
-        agg.endpoint_drops,
-        agg.other_protocol_packets,
-    );
     let mut flows = agg.flush(
         mono_to_unix_ns(),
         &|i| names.get(&i).cloned().unwrap_or_default(),
         &|i| observed.contains(&i),
     );
-    metrics
-        .unrelated_drops
-        .inc_by(agg.unrelated_drops - before_unrelated);
-    metrics
-        .endpoint_drops
-        .inc_by(agg.endpoint_drops - before_endpoint);
-    metrics
-        .other_protocol_packets
-        .inc_by(agg.other_protocol_packets - before_other);
+    // The aggregator's counts are cumulative (the ring-buffer reader adds
+    // to them between windows): bring the metrics up to them.
+    let sync = |c: &prometheus_client::metrics::counter::Counter, total: u64| {
+        c.inc_by(total.saturating_sub(c.get()));
+    };
+    let (dns_full, dns_held) = agg.dns_names();
+    sync(&metrics.unrelated_drops, agg.unrelated_drops);
+    sync(&metrics.endpoint_drops, agg.endpoint_drops);
+    sync(&metrics.other_protocol_packets, agg.other_protocol_packets);
+    sync(&metrics.dns_responses, agg.dns_responses);
+    sync(&metrics.dns_malformed, agg.dns_malformed);
+    sync(&metrics.dns_names_full, dns_full);
+    metrics.dns_names.set(dns_held as i64);
     for f in &mut flows {
         if f.drop_reason_code != 0 {
             f.drop_reason = reasons

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub buffer_overflow_records: Counter,
     pub reconnects: Counter,
     pub interfaces: Gauge,
+    pub dns_responses: Counter,
+    pub dns_malformed: Counter,
+    pub dns_names_full: Counter,
+    pub dns_names: Gauge,
 }
 
 impl Metrics {
@@ -106,6 +110,26 @@ impl Metrics {
             "attached_interfaces",
             "Interfaces the programs are attached to",
             self.interfaces.clone(),
+        );
+        r.register(
+            "dns_responses",
+            "DNS responses seen entering pods",
+            self.dns_responses.clone(),
+        );
+        r.register(
+            "dns_malformed_responses",
+            "DNS responses that could not be parsed (their names are not learnt)",
+            self.dns_malformed.clone(),
+        );
+        r.register(
+            "dns_names_full",
+            "DNS answers not remembered because the address-to-name map was full",
+            self.dns_names_full.clone(),
+        );
+        r.register(
+            "dns_names",
+            "Addresses with a DNS name remembered, over all pods",
+            self.dns_names.clone(),
         );
         r
     }

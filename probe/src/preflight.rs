@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use flowgate_proto::v1::Failure;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     #[error(
@@ -84,6 +86,24 @@ pub fn is_endpoint_reason(name: &str) -> bool {
         || name == "UDP_CSUM"
 }
 
+/// The failure class of a network drop reason (one that is not the
+/// endpoint's, see [`is_endpoint_reason`]). Policy: where NetworkPolicy is
+/// enforced (nftables/iptables, a CNI's TC or cgroup BPF program). This
+/// kernel names no conntrack-specific reason; a `ct state invalid drop`
+/// rule shows as NETFILTER_DROP, so only reasons that say conntrack are
+/// classed as such.
+pub fn failure_of(name: &str) -> Failure {
+    match name {
+        "NETFILTER_DROP" | "TC_INGRESS" | "TC_EGRESS" | "BPF_CGROUP_EGRESS"
+        | "BPF_CGROUP_INGRESS" => Failure::Policy,
+        "IP_OUTNOROUTES" | "IP_INNOROUTES" | "IP_INADDRERRORS" | "IP_INVALID_DEST"
+        | "IP_RPFILTER" | "NO_TX_TARGET" | "IPV6DISABLED" => Failure::Routing,
+        n if n.starts_with("NEIGH_") => Failure::Routing,
+        n if n.contains("CONNTRACK") || n.starts_with("NF_CT") => Failure::Conntrack,
+        _ => Failure::Other,
+    }
+}
+
 fn parse_drop_reasons(format: &str) -> rustc_hash::FxHashMap<u32, String> {
     let mut out = rustc_hash::FxHashMap::default();
     let Some(start) = format.find("__print_symbolic(REC->reason") else {
@@ -145,5 +165,15 @@ mod tests {
         ] {
             assert!(!super::is_endpoint_reason(n), "{n}");
         }
+    }
+
+    #[test]
+    fn network_drops_are_classed() {
+        use super::{Failure, failure_of};
+        assert_eq!(failure_of("NETFILTER_DROP"), Failure::Policy);
+        assert_eq!(failure_of("TC_INGRESS"), Failure::Policy);
+        assert_eq!(failure_of("IP_OUTNOROUTES"), Failure::Routing);
+        assert_eq!(failure_of("NEIGH_FAILED"), Failure::Routing);
+        assert_eq!(failure_of("QDISC_DROP"), Failure::Other);
     }
 }

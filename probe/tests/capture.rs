@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flowgate_probe::config::GranularityArg;
-use flowgate_proto::v1::{Direction, Flow, KernelFate, Protocol};
+use flowgate_proto::v1::{Direction, Failure, Flow, KernelFate, Outcome, Protocol};
 use support::{Pods, Receiver, attached, sh};
 
 // ---------- traffic ----------
@@ -511,4 +511,414 @@ fn buffers_while_the_collector_is_away() {
         (3, 3),
         "delivered once, nothing lost"
     );
+}
+
+// ---------- connection outcomes ----------
+
+const CLOSED_PORT: u16 = 7020;
+const SILENT_PORT: u16 = 7022;
+
+/// Outcome and failure of every record of a flow, oldest window first.
+type Judged = BTreeMap<FlowId, Vec<(Outcome, Failure, KernelFate)>>;
+
+fn judged(flows: &[Flow]) -> Judged {
+    let mut sorted: Vec<&Flow> = flows.iter().collect();
+    sorted.sort_by_key(|f| f.last_seen_ns);
+    let mut out = Judged::new();
+    for f in sorted {
+        let id = (
+            ip(&f.src_ip),
+            ip(&f.dst_ip),
+            f.src_port,
+            f.dst_port,
+            f.protocol,
+            f.direction,
+            f.interface.clone(),
+        );
+        out.entry(id)
+            .or_default()
+            .push((f.outcome(), f.failure(), f.kernel_fate()));
+    }
+    out
+}
+
+/// The last judgement of a flow, or None if no record arrived.
+fn last(j: &Judged, k: &FlowId) -> Option<(Outcome, Failure, KernelFate)> {
+    j.get(k).and_then(|v| v.last().copied())
+}
+
+/// Refused (RST, and the kernel's NO_SOCKET free), dropped by nftables,
+/// established then closed, and unanswered, each told apart by the probe on
+/// the real kernel.
+#[test]
+fn connection_outcomes_on_the_real_kernel() {
+    if !support::is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root; required in CI"
+        );
+        eprintln!("!! SKIPPED connection-outcome test: needs root");
+        return;
+    }
+    let pods = Pods::create(test_id(4));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Receiver::default();
+    let addr = support::serve(&rt, &receiver);
+    let probe = support::start(
+        &rt,
+        support::config(
+            format!("http://{addr}"),
+            vec![pods.veth('a'), pods.veth('b')],
+            GranularityArg::Flow,
+            Duration::from_millis(200),
+        ),
+    );
+    let (a, b, va) = (pods.v4(1), pods.v4(2), pods.veth('a'));
+    let (tcp, udp) = (Protocol::Tcp as i32, Protocol::Udp as i32);
+    let out = |sport: u16, dport: u16, p: i32| -> FlowId {
+        (a, b, sport.into(), dport.into(), p, EGRESS, va.clone())
+    };
+    let wait_for = |what: &str, k: &FlowId, want: Outcome| {
+        wait_until(what, Duration::from_secs(10), || {
+            last(&judged(&receiver.flows.lock().unwrap()), k).is_some_and(|j| j.0 == want)
+        });
+    };
+
+    // Nothing listens: TCP is answered by RST, UDP freed as NO_SOCKET.
+    let refused_tcp = pods
+        .run_in('a', move || {
+            let (port, r) = connect_from_known_port(b, CLOSED_PORT);
+            (port, r.expect_err("nothing listens"))
+        })
+        .join()
+        .unwrap();
+    assert_eq!(refused_tcp.1.kind(), std::io::ErrorKind::ConnectionRefused);
+    let refused_udp = pods
+        .run_in('a', move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(b"anyone?", SocketAddr::new(b, CLOSED_PORT))
+                .unwrap();
+            s.local_addr().unwrap().port()
+        })
+        .join()
+        .unwrap();
+    let dropped = udp_to_dropped_port(&pods, b);
+
+    // Established, held open across windows, then closed both ways.
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let srv = pods.run_in('b', move || {
+        let l = TcpListener::bind(SocketAddr::new(b, TCP_PORT)).unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+    });
+    ready_rx.recv().unwrap();
+    let (port_tx, port_rx) = std::sync::mpsc::sync_channel(1);
+    let (close_tx, close_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let cli = pods.run_in('a', move || {
+        let mut s = TcpStream::connect(SocketAddr::new(b, TCP_PORT)).unwrap();
+        s.write_all(b"held open").unwrap();
+        port_tx.send(s.local_addr().unwrap().port()).unwrap();
+        close_rx.recv().unwrap();
+    });
+    let held = port_rx.recv().unwrap();
+    wait_for(
+        "the open connection is established",
+        &out(held, TCP_PORT, tcp),
+        Outcome::Established,
+    );
+    close_tx.send(()).unwrap();
+    cli.join().unwrap();
+    srv.join().unwrap();
+    wait_for(
+        "the connection is closed",
+        &out(held, TCP_PORT, tcp),
+        Outcome::Closed,
+    );
+
+    // A destination that never answers: a UDP socket that reads and says
+    // nothing, and a TCP listener whose answers have no route back.
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let silent = pods.run_in('b', move || {
+        let s = UdpSocket::bind(SocketAddr::new(b, SILENT_PORT)).unwrap();
+        ready_tx.send(()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..3 {
+            s.recv_from(&mut buf).unwrap();
+        }
+    });
+    ready_rx.recv().unwrap();
+    let unanswered_udp = pods
+        .run_in('a', move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..3 {
+                s.send_to(b"hello?", SocketAddr::new(b, SILENT_PORT))
+                    .unwrap();
+                // Retries, as a client waiting for an answer would.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            s.local_addr().unwrap().port()
+        })
+        .join()
+        .unwrap();
+    silent.join().unwrap();
+    let ns_b = pods.ns('b');
+    sh(&[
+        "ip",
+        "-n",
+        &ns_b,
+        "route",
+        "add",
+        "blackhole",
+        &format!("{a}/32"),
+    ]);
+    let _listener = pods
+        .run_in('b', move || {
+            TcpListener::bind(SocketAddr::new(b, CLOSED_PORT + 1)).unwrap()
+        })
+        .join()
+        .unwrap();
+    let unanswered_tcp = pods
+        .run_in('a', move || {
+            let (port, r) = connect_from_known_port(b, CLOSED_PORT + 1);
+            assert!(r.is_err(), "no answer comes back");
+            port
+        })
+        .join()
+        .unwrap();
+
+    wait_for(
+        "the silent UDP exchange is unanswered",
+        &out(unanswered_udp, SILENT_PORT, udp),
+        Outcome::Unanswered,
+    );
+    wait_for(
+        "the SYN without answer is unanswered",
+        &out(unanswered_tcp, CLOSED_PORT + 1, tcp),
+        Outcome::Unanswered,
+    );
+    wait_for(
+        "the UDP to a closed port is refused",
+        &out(refused_udp, CLOSED_PORT, udp),
+        Outcome::Refused,
+    );
+    probe.stop(&rt);
+
+    let j = judged(&receiver.flows.lock().unwrap());
+    let get = |k: FlowId| last(&j, &k).unwrap_or_else(|| panic!("no flow {k:?}; got:\n{j:#?}"));
+    use {Failure as F, KernelFate as K, Outcome as O};
+    assert_eq!(
+        get(out(refused_tcp.0, CLOSED_PORT, tcp)),
+        (O::Refused, F::NoListener, K::Forwarded),
+        "no listener is no policy drop (no mismatch)"
+    );
+    assert_eq!(
+        get(out(refused_udp, CLOSED_PORT, udp)),
+        (O::Refused, F::NoListener, K::Forwarded)
+    );
+    assert_eq!(
+        get(out(dropped, DROPPED_PORT, udp)),
+        (O::Dropped, F::Policy, K::Dropped)
+    );
+    let lifecycle: Vec<Outcome> = j[&out(held, TCP_PORT, tcp)].iter().map(|x| x.0).collect();
+    assert_eq!(
+        lifecycle.first(),
+        Some(&O::Established),
+        "first window: {lifecycle:?}"
+    );
+    assert_eq!(lifecycle.last(), Some(&O::Closed), "{lifecycle:?}");
+    // The answers count as the same connection's.
+    let back = (b, a, TCP_PORT.into(), held.into(), tcp, INGRESS, va.clone());
+    assert_eq!(get(back).0, O::Closed);
+    for k in [
+        out(unanswered_udp, SILENT_PORT, udp),
+        out(unanswered_tcp, CLOSED_PORT + 1, tcp),
+    ] {
+        assert_eq!(get(k), (O::Unanswered, F::Unspecified, K::Forwarded));
+    }
+}
+
+/// Connects from an ephemeral port chosen first, so the port is known even
+/// when the connection fails. Gives up after 2.5 s (one SYN retry).
+fn connect_from_known_port(dst: IpAddr, port: u16) -> (u16, std::io::Result<TcpStream>) {
+    let probe = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let sport = probe.local_addr().unwrap().port();
+    drop(probe);
+    // SAFETY: plain socket calls on a fresh fd owned below by TcpStream.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0);
+    let IpAddr::V4(d) = dst else {
+        panic!("IPv4 only")
+    };
+    let sin = |ip: std::net::Ipv4Addr, p: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: p.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let local = sin(std::net::Ipv4Addr::UNSPECIFIED, sport);
+    let remote = sin(d, port);
+    let len = size_of::<libc::sockaddr_in>() as u32;
+    let timeout = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 500_000,
+    };
+    // SAFETY: valid fd, pointers to locals of the stated sizes.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
+        assert_eq!(
+            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len),
+            0
+        );
+        libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len)
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours; the stream closes it.
+    let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    if rc == 0 {
+        (sport, Ok(stream))
+    } else {
+        (sport, Err(err))
+    }
+}
+
+// ---------- DNS names ----------
+
+const DNS_NAME: &str = "svc.flowgate.test";
+const DNS_TARGET_PORT: u16 = 7030;
+
+/// A pod resolves a name through a DNS server in another namespace (a tiny
+/// one, here: it answers every A query with pod b's address) and connects
+/// to the answer: its flows carry the name it resolved.
+#[test]
+fn flows_carry_the_dns_name_the_pod_resolved() {
+    if !support::is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root; required in CI"
+        );
+        eprintln!("!! SKIPPED DNS-name test: needs root");
+        return;
+    }
+    use flowgate_probe::dns::wire;
+    let pods = Pods::create(test_id(5));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Receiver::default();
+    let addr = support::serve(&rt, &receiver);
+    let probe = support::start(
+        &rt,
+        support::config(
+            format!("http://{addr}"),
+            vec![pods.veth('a')],
+            GranularityArg::Flow,
+            Duration::from_millis(200),
+        ),
+    );
+    let (a, b, va) = (pods.v4(1), pods.v4(2), pods.veth('a'));
+    let IpAddr::V4(b_v4) = b else { unreachable!() };
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let server = pods.run_in('b', move || {
+        let s = UdpSocket::bind(SocketAddr::new(b, 53)).unwrap();
+        let l = TcpListener::bind(SocketAddr::new(b, DNS_TARGET_PORT)).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 512];
+        let (n, from) = s.recv_from(&mut buf).unwrap();
+        s.send_to(&wire::answer(&buf[..n], &[b_v4.octets()], 300), from)
+            .unwrap();
+        let (mut c, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+    });
+    ready_rx.recv().unwrap();
+    let client_port = pods
+        .run_in('a', move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.send_to(&wire::query(0x4242, DNS_NAME), SocketAddr::new(b, 53))
+                .unwrap();
+            let mut buf = [0u8; 512];
+            let n = s.recv(&mut buf).unwrap();
+            let answer = flowgate_probe::dns::parse_response(&buf[..n]).unwrap();
+            let (target, _) = answer.addresses[0];
+            let mut c = TcpStream::connect(SocketAddr::new(target, DNS_TARGET_PORT)).unwrap();
+            c.write_all(b"hi").unwrap();
+            c.local_addr().unwrap().port()
+        })
+        .join()
+        .unwrap();
+    server.join().unwrap();
+
+    let tcp = Protocol::Tcp as i32;
+    let out: FlowId = (
+        a,
+        b,
+        client_port.into(),
+        DNS_TARGET_PORT.into(),
+        tcp,
+        EGRESS,
+        va.clone(),
+    );
+    let back: FlowId = (
+        b,
+        a,
+        DNS_TARGET_PORT.into(),
+        client_port.into(),
+        tcp,
+        INGRESS,
+        va.clone(),
+    );
+    let names = |k: &FlowId| -> Vec<(String, String)> {
+        receiver
+            .flows
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|f| {
+                (
+                    ip(&f.src_ip),
+                    ip(&f.dst_ip),
+                    f.src_port,
+                    f.dst_port,
+                    f.protocol,
+                    f.direction,
+                    f.interface.clone(),
+                ) == *k
+            })
+            .map(|f| (f.src_dns_name.clone(), f.dst_dns_name.clone()))
+            .collect()
+    };
+    wait_until(
+        "both directions are exported",
+        Duration::from_secs(10),
+        || !names(&out).is_empty() && !names(&back).is_empty(),
+    );
+    let metrics = probe.metrics.clone();
+    probe.stop(&rt);
+    for (src, dst) in names(&out) {
+        assert_eq!(
+            (src.as_str(), dst.as_str()),
+            ("", DNS_NAME),
+            "pod a sends to the name"
+        );
+    }
+    for (src, dst) in names(&back) {
+        assert_eq!(
+            (src.as_str(), dst.as_str()),
+            (DNS_NAME, ""),
+            "pod a hears from the name"
+        );
+    }
+    assert_eq!(metrics.dns_responses.get(), 1);
+    assert_eq!(metrics.dns_malformed.get(), 0);
 }

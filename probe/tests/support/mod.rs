@@ -286,9 +286,14 @@ pub fn start(rt: &tokio::runtime::Runtime, config: flowgate_probe::Config) -> Ru
             let _ = stop_rx.await;
         },
     ));
-    let metrics_addr = ready_rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("probe ready");
+    let metrics_addr = match ready_rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        Ok(a) => a,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match rt.block_on(task) {
+            Ok(Err(error)) => panic!("the probe failed to start: {error:?}"),
+            other => panic!("the probe ended before it was ready: {other:?}"),
+        },
+        Err(e) => panic!("probe not ready: {e}"),
+    };
     Running {
         metrics,
         metrics_addr,
