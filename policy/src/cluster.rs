@@ -4,22 +4,28 @@
 //! build time every pod learns which policies isolate it in each direction,
 //! and every namespace selector is evaluated against every namespace into a
 //! bitset, so a verdict only touches the policies of the two endpoints and
-//! never the cluster's unrelated policies.
+//! never the cluster's unrelated policies. The cluster-scoped tiers follow
+//! the same design (see [`tiers`]): every pod knows, per direction, the
+//! Admin and Baseline policies whose subject it is, in evaluation order.
+
+mod tiers;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use rustc_hash::FxHashMap;
 
 use crate::convert;
+use crate::crd::ClusterPolicyObject;
 use crate::error::BuildError;
 use crate::model::{
     Direction, NamespaceInfo, Peer, PodId, PodInfo, PolicyId, PolicyInfo, PortMatch, PortSpec,
     Protocol, RuleId, namespace_default_labels,
 };
 use crate::selector::Selector;
+use crate::tier::{self, Tier, TierRuleId};
 use crate::yaml::ClusterObjects;
 
 /// One side of a connection: an address, and the pod holding it if any.
@@ -44,6 +50,22 @@ pub struct DirectionVerdict {
     pub isolated_by: Arc<[PolicyId]>,
     /// Allowed whatever the policies say (pod to itself, node to its pod).
     pub exempt: Option<Exemption>,
+    /// The tier that decided this direction.
+    pub tier: Tier,
+    /// The Admin or Baseline rule that decided (Accept or Deny), if one did.
+    pub decided_by: Option<TierRuleId>,
+    /// The Pass rule that handed the direction to the next tier, if any.
+    pub passed_by: Option<TierRuleId>,
+}
+
+impl DirectionVerdict {
+    /// Exempt traffic is allowed whatever any tier said; no rule decided it.
+    fn exempt(&mut self, why: Exemption) {
+        self.allowed = true;
+        self.exempt = Some(why);
+        self.tier = Tier::Default;
+        self.decided_by = None;
+    }
 }
 
 /// Traffic NetworkPolicy cannot block.
@@ -107,6 +129,7 @@ pub struct Cluster {
     isolating: Vec<[Arc<[PolicyId]>; 2]>,
     selected: Vec<Vec<PodId>>,
     no_policies: Arc<[PolicyId]>,
+    tiers: tiers::Tiers,
 }
 
 fn dir_index(d: Direction) -> usize {
@@ -123,6 +146,8 @@ impl Cluster {
             &objects.namespaces,
             &objects.pods,
             &objects.policies,
+            &objects.nodes,
+            &objects.cluster_policies,
             generation,
         );
         match errors.into_iter().next() {
@@ -138,13 +163,35 @@ impl Cluster {
         policies: impl IntoIterator<Item = &'a NetworkPolicy>,
         generation: u64,
     ) -> (Cluster, Vec<BuildError>) {
-        Self::build_inner(namespaces, pods, policies, generation)
+        Self::build_inner(namespaces, pods, policies, [], [], generation)
+    }
+
+    /// [`Cluster::build_lenient`] with Nodes and the cluster-scoped policy
+    /// tiers too.
+    pub fn build_lenient_with_tiers<'a>(
+        namespaces: impl IntoIterator<Item = &'a Namespace>,
+        pods: impl IntoIterator<Item = &'a Pod>,
+        policies: impl IntoIterator<Item = &'a NetworkPolicy>,
+        nodes: impl IntoIterator<Item = &'a Node>,
+        cluster_policies: impl IntoIterator<Item = &'a ClusterPolicyObject>,
+        generation: u64,
+    ) -> (Cluster, Vec<BuildError>) {
+        Self::build_inner(
+            namespaces,
+            pods,
+            policies,
+            nodes,
+            cluster_policies,
+            generation,
+        )
     }
 
     fn build_inner<'a>(
         namespaces: impl IntoIterator<Item = &'a Namespace>,
         pods: impl IntoIterator<Item = &'a Pod>,
         policies: impl IntoIterator<Item = &'a NetworkPolicy>,
+        nodes: impl IntoIterator<Item = &'a Node>,
+        cluster_policies: impl IntoIterator<Item = &'a ClusterPolicyObject>,
         generation: u64,
     ) -> (Cluster, Vec<BuildError>) {
         let mut errors = Vec::new();
@@ -162,6 +209,7 @@ impl Cluster {
             isolating: Vec::new(),
             selected: Vec::new(),
             no_policies: Arc::from(Vec::new()),
+            tiers: tiers::Tiers::default(),
         };
         for ns in namespaces {
             let info = convert::namespace(ns);
@@ -223,7 +271,29 @@ impl Cluster {
                 }),
             }
         }
+        let mut node_infos = Vec::new();
+        for n in nodes {
+            match tier::node(n) {
+                Ok(info) => node_infos.push(info),
+                Err(problem) => errors.push(BuildError::Node {
+                    name: n.metadata.name.clone().unwrap_or_default(),
+                    problem,
+                }),
+            }
+        }
+        let mut tier_policies = Vec::new();
+        for o in cluster_policies {
+            match tier::cluster_policy(o) {
+                Ok(info) => tier_policies.push(info),
+                Err(problem) => errors.push(BuildError::ClusterPolicy {
+                    kind: o.kind(),
+                    name: o.name().to_string(),
+                    problem,
+                }),
+            }
+        }
         c.compile();
+        c.compile_tiers(node_infos, tier_policies);
         (c, errors)
     }
 
@@ -499,9 +569,68 @@ impl Cluster {
                 allowed_by: Vec::new(),
                 isolated_by: self.no_policies.clone(),
                 exempt: None,
+                tier: Tier::NotApplicable,
+                decided_by: None,
+                passed_by: None,
             };
         };
         let isolated_by = self.isolating_policies(subject, direction).clone();
+        let decided = |allowed: bool, tier: Tier, decided_by, passed_by| DirectionVerdict {
+            applicable: true,
+            isolated: !isolated_by.is_empty(),
+            allowed,
+            allowed_by: Vec::new(),
+            isolated_by: isolated_by.clone(),
+            exempt: None,
+            tier,
+            decided_by,
+            passed_by,
+        };
+        // Admin tier first: Accept and Deny are final, Pass goes on.
+        let admin = self.tier_decision(
+            tier::PolicyTier::Admin,
+            direction,
+            subject,
+            other,
+            port,
+            protocol,
+            dst_pod,
+        );
+        let mut passed_by = None;
+        match admin {
+            Some((rule, tier::TierAction::Accept)) => {
+                return decided(true, Tier::Admin, Some(rule), None);
+            }
+            Some((rule, tier::TierAction::Deny)) => {
+                return decided(false, Tier::Admin, Some(rule), None);
+            }
+            Some((rule, tier::TierAction::Pass)) => passed_by = Some(rule),
+            None => {}
+        }
+        if isolated_by.is_empty() {
+            // No NetworkPolicy isolates: the Baseline tier, then the default.
+            let baseline = self.tier_decision(
+                tier::PolicyTier::Baseline,
+                direction,
+                subject,
+                other,
+                port,
+                protocol,
+                dst_pod,
+            );
+            return match baseline {
+                Some((rule, tier::TierAction::Accept)) => {
+                    decided(true, Tier::Baseline, Some(rule), passed_by)
+                }
+                Some((rule, tier::TierAction::Deny)) => {
+                    decided(false, Tier::Baseline, Some(rule), passed_by)
+                }
+                Some((rule, tier::TierAction::Pass)) => {
+                    decided(true, Tier::Default, None, Some(rule))
+                }
+                None => decided(true, Tier::Default, None, passed_by),
+            };
+        }
         let mut allowed_by = Vec::new();
         for &policy in isolated_by.iter() {
             let rules = self.policy(policy).rules(direction);
@@ -526,11 +655,14 @@ impl Cluster {
         }
         DirectionVerdict {
             applicable: true,
-            isolated: !isolated_by.is_empty(),
-            allowed: isolated_by.is_empty() || !allowed_by.is_empty(),
+            isolated: true,
+            allowed: !allowed_by.is_empty(),
             allowed_by,
             isolated_by,
             exempt: None,
+            tier: Tier::NetworkPolicy,
+            decided_by: None,
+            passed_by,
         }
     }
 
@@ -567,14 +699,10 @@ impl Cluster {
         match self.exemption(src, dst) {
             Some(Exemption::SamePod) => {
                 for d in [&mut egress, &mut ingress] {
-                    d.allowed = true;
-                    d.exempt = Some(Exemption::SamePod);
+                    d.exempt(Exemption::SamePod);
                 }
             }
-            Some(Exemption::OwnNode) => {
-                ingress.allowed = true;
-                ingress.exempt = Some(Exemption::OwnNode);
-            }
+            Some(Exemption::OwnNode) => ingress.exempt(Exemption::OwnNode),
             None => {}
         }
         Verdict {

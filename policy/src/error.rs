@@ -39,6 +39,15 @@ pub enum BuildError {
         name: String,
         problem: String,
     },
+    #[error("Node {name}: {problem}")]
+    Node { name: String, problem: String },
+    /// An AdminNetworkPolicy, BaselineAdminNetworkPolicy or ClusterNetworkPolicy.
+    #[error("{kind} {name}: {problem}")]
+    ClusterPolicy {
+        kind: &'static str,
+        name: String,
+        problem: String,
+    },
 }
 
 /// Reading cluster files from disk failed.

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::cluster::{Cluster, DirectionVerdict, Endpoint, Exemption};
+use crate::explain_tiers::{StepOutcome, TierRuleRef, TierStep};
 use crate::model::{Direction, Peer, PodId, PolicyId, Protocol, Workload};
+use crate::tier::Tier;
 
 /// One side of the connection, described.
 #[derive(Clone, Debug, Serialize)]
@@ -66,6 +68,15 @@ pub struct DirectionExplanation {
     pub isolated_by: Vec<PolicyRef>,
     pub reason: String,
     pub misses: Vec<PolicyMiss>,
+    /// The tier that decided this direction.
+    pub tier: Tier,
+    /// The Admin or Baseline rule that accepted or denied, if one did.
+    pub decided_by: Option<TierRuleRef>,
+    /// The Pass rule that handed the direction on, if any.
+    pub passed_by: Option<TierRuleRef>,
+    /// The walk through the Admin and Baseline tiers (empty when the
+    /// direction is not applicable).
+    pub tiers: Vec<TierStep>,
 }
 
 /// The verdict with everything a person needs to understand it.
@@ -79,6 +90,10 @@ pub struct Explanation {
     pub protocol: Protocol,
     pub egress: DirectionExplanation,
     pub ingress: DirectionExplanation,
+    pub egress_tier: Tier,
+    pub ingress_tier: Tier,
+    /// Cluster-tier rules that decided a direction, as `tier/policy/direction/rule`.
+    pub decided_by: Vec<String>,
     pub generation: u64,
 }
 
@@ -155,8 +170,16 @@ impl Cluster {
                 .collect();
             format!("denied: {conn}. {}", denied.join(" "))
         };
+        let decided_by = [&v.egress, &v.ingress]
+            .into_iter()
+            .filter_map(|d| d.decided_by)
+            .map(|r| self.decided_by_key(r))
+            .collect();
         Explanation {
             allowed: v.allowed,
+            egress_tier: v.egress.tier,
+            ingress_tier: v.ingress.tier,
+            decided_by,
             summary,
             src: self.describe_endpoint(src),
             dst: self.describe_endpoint(dst),
@@ -195,6 +218,20 @@ impl Cluster {
             })
             .collect();
         let mut misses = Vec::new();
+        let dst_info = self.selectable_pod(dst).map(|d| self.pod(d));
+        let steps = match self.selectable_pod(subject) {
+            Some(pod) if v.applicable => {
+                self.tier_steps(direction, v, pod, other, port, protocol, dst_info)
+            }
+            _ => Vec::new(),
+        };
+        let step_text = |tier: crate::tier::PolicyTier| {
+            steps
+                .iter()
+                .find(|s| s.tier == tier && s.outcome != StepOutcome::NoPolicies)
+                .map(|s| s.text.clone())
+        };
+        let admin_text = step_text(crate::tier::PolicyTier::Admin);
         let reason = if let Some(ex) = v.exempt {
             match ex {
                 Exemption::SamePod => {
@@ -213,10 +250,25 @@ impl Cluster {
                     "{subject_name} is outside the cluster: its {direction} is not subject to NetworkPolicy."
                 ),
             }
+        } else if v.tier == Tier::Admin {
+            format!("admin tier: {}", admin_text.clone().unwrap_or_default())
         } else if !v.isolated {
-            format!(
-                "no NetworkPolicy selects {subject_name} for {direction}: all {direction} is allowed."
-            )
+            let baseline = step_text(crate::tier::PolicyTier::Baseline);
+            let head = match v.tier {
+                Tier::Baseline => format!(
+                    "no NetworkPolicy selects {subject_name} for {direction}; baseline tier: {}",
+                    baseline.unwrap_or_default()
+                ),
+                _ => match baseline {
+                    Some(b) => format!(
+                        "no NetworkPolicy selects {subject_name} for {direction} and the baseline tier does not decide ({b}): all {direction} is allowed."
+                    ),
+                    None => format!(
+                        "no NetworkPolicy selects {subject_name} for {direction}: all {direction} is allowed."
+                    ),
+                },
+            };
+            with_admin_prefix(admin_text.as_deref(), head)
         } else if v.allowed {
             let rules: Vec<String> = allowed_by
                 .iter()
@@ -227,9 +279,11 @@ impl Cluster {
                     )
                 })
                 .collect();
-            format!("allowed by {}.", rules.join(", "))
+            with_admin_prefix(
+                admin_text.as_deref(),
+                format!("allowed by {}.", rules.join(", ")),
+            )
         } else {
-            let dst_info = self.selectable_pod(dst).map(|d| self.pod(d));
             for &policy in v.isolated_by.iter() {
                 misses.push(self.policy_miss(policy, direction, other, port, protocol, dst_info));
             }
@@ -238,7 +292,7 @@ impl Cluster {
                 .iter()
                 .map(|p| self.policy(*p).key())
                 .collect();
-            format!(
+            let text = format!(
                 "{subject_name} is isolated for {direction} by {} and no rule admits {} on {}: {}",
                 names.join(", "),
                 self.endpoint_name(other),
@@ -248,7 +302,8 @@ impl Cluster {
                     .map(|m| m.explanation.as_str())
                     .collect::<Vec<_>>()
                     .join(" ")
-            )
+            );
+            with_admin_prefix(admin_text.as_deref(), text)
         };
         DirectionExplanation {
             direction,
@@ -259,6 +314,10 @@ impl Cluster {
             isolated_by: v.isolated_by.iter().map(|p| self.policy_ref(*p)).collect(),
             reason,
             misses,
+            tier: v.tier,
+            decided_by: v.decided_by.map(|r| self.tier_rule_ref(r)),
+            passed_by: v.passed_by.map(|r| self.tier_rule_ref(r)),
+            tiers: steps,
         }
     }
 
@@ -433,6 +492,15 @@ impl Cluster {
     pub fn pod_name(&self, pod: PodId) -> String {
         let p = self.pod(pod);
         format!("{}/{}", p.namespace, p.name)
+    }
+}
+
+/// The Admin tier's word (a Pass, or no match) before the NetworkPolicy
+/// or Baseline reason; nothing when no Admin policy applies.
+fn with_admin_prefix(admin: Option<&str>, text: String) -> String {
+    match admin {
+        Some(a) => format!("admin tier: {a} {text}"),
+        None => text,
     }
 }
 

@@ -31,11 +31,14 @@
 mod cache;
 mod cluster;
 mod convert;
+pub mod crd;
 mod error;
 mod explain;
+mod explain_tiers;
 mod lint;
 mod model;
 mod selector;
+mod tier;
 mod yaml;
 
 pub use cache::{CacheStats, VerdictCache};
@@ -46,12 +49,17 @@ pub use error::{BuildError, ParseError};
 pub use explain::{
     DirectionExplanation, EndpointView, Explanation, PolicyMiss, PolicyRef, RuleMiss, RuleRef,
 };
+pub use explain_tiers::{StepOutcome, TierRuleMiss, TierRuleRef, TierStep};
 pub use lint::{Finding, LintRule, Severity, has_errors, lint, rule_never_hit};
 pub use model::{
     Direction, NamedPort, NamespaceInfo, Peer, PodId, PodInfo, PolicyId, PolicyInfo, PortMatch,
     PortSpec, Protocol, Rule, RuleId, UnknownProtocol, Workload,
 };
 pub use selector::{Labels, Requirement, Selector};
+pub use tier::{
+    ClusterPolicyId, ClusterPolicyInfo, ClusterPolicyKind, NamespaceMatch, NodeInfo, PolicyTier,
+    Tier, TierAction, TierPeer, TierPort, TierRule, TierRuleId, TierSubject, UnknownTier,
+};
 pub use yaml::ClusterObjects;
 #[cfg(feature = "fs")]
 pub use yaml::load_paths;

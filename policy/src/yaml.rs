@@ -1,11 +1,14 @@
-//! Reading Namespaces, Pods and NetworkPolicies from Kubernetes YAML:
-//! multi-document streams, and `kind: List` objects.
+//! Reading Namespaces, Pods, Nodes, NetworkPolicies and the cluster-scoped
+//! policy tiers (AdminNetworkPolicy, BaselineAdminNetworkPolicy,
+//! ClusterNetworkPolicy) from Kubernetes YAML: multi-document streams, and
+//! `kind: List` objects.
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use serde_norway::Value;
 
+use crate::crd::ClusterPolicyObject;
 use crate::error::ParseError;
 
 /// The objects the engine needs, as the Kubernetes API defines them.
@@ -14,6 +17,10 @@ pub struct ClusterObjects {
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
     pub policies: Vec<NetworkPolicy>,
+    pub nodes: Vec<Node>,
+    /// AdminNetworkPolicies, BaselineAdminNetworkPolicies and
+    /// ClusterNetworkPolicies, in the order read.
+    pub cluster_policies: Vec<ClusterPolicyObject>,
     /// Objects of other kinds, as `Kind namespace/name`: read and set aside.
     pub ignored: Vec<String>,
 }
@@ -57,7 +64,14 @@ impl ClusterObjects {
             message,
         };
         match kind.as_str() {
-            "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" => {
+            "List"
+            | "NamespaceList"
+            | "PodList"
+            | "NodeList"
+            | "NetworkPolicyList"
+            | "AdminNetworkPolicyList"
+            | "BaselineAdminNetworkPolicyList"
+            | "ClusterNetworkPolicyList" => {
                 let items = match value.get("items") {
                     None | Some(Value::Null) => return Ok(()),
                     Some(Value::Sequence(items)) => items.clone(),
@@ -68,11 +82,7 @@ impl ClusterObjects {
                     // Items of typed lists may omit their kind and apiVersion.
                     if let (Some(k), Value::Mapping(m)) = (item_kind, &mut item) {
                         m.entry("kind".into()).or_insert_with(|| k.into());
-                        let api = if k == "NetworkPolicy" {
-                            "networking.k8s.io/v1"
-                        } else {
-                            "v1"
-                        };
+                        let api = expected_api_version(k).unwrap_or("v1");
                         m.entry("apiVersion".into()).or_insert_with(|| api.into());
                     }
                     self.add_value(source, document, item)?;
@@ -87,10 +97,48 @@ impl ClusterObjects {
             "NetworkPolicy" => self
                 .policies
                 .push(serde_norway::from_value(value).map_err(|e| malformed(e.to_string()))?),
+            "Node" => self
+                .nodes
+                .push(serde_norway::from_value(value).map_err(|e| malformed(e.to_string()))?),
+            "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" | "ClusterNetworkPolicy" => {
+                let expected = expected_api_version(&kind).expect("a tier kind");
+                match value.get("apiVersion").and_then(Value::as_str) {
+                    None => {}
+                    Some(v) if v == expected => {}
+                    Some(v) => {
+                        return Err(malformed(format!(
+                            "apiVersion `{v}` is not supported for {kind} (expected `{expected}`)"
+                        )));
+                    }
+                }
+                let object = match kind.as_str() {
+                    "AdminNetworkPolicy" => ClusterPolicyObject::Admin(
+                        serde_norway::from_value(value).map_err(|e| malformed(e.to_string()))?,
+                    ),
+                    "BaselineAdminNetworkPolicy" => ClusterPolicyObject::Baseline(
+                        serde_norway::from_value(value).map_err(|e| malformed(e.to_string()))?,
+                    ),
+                    _ => ClusterPolicyObject::Cluster(
+                        serde_norway::from_value(value).map_err(|e| malformed(e.to_string()))?,
+                    ),
+                };
+                self.cluster_policies.push(object);
+            }
             other => self.ignored.push(format!("{other} {name}")),
         }
         Ok(())
     }
+}
+
+/// The one apiVersion flowgate reads each kind at.
+fn expected_api_version(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "Namespace" | "Pod" | "Node" => "v1",
+        "NetworkPolicy" => "networking.k8s.io/v1",
+        "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => "policy.networking.k8s.io/v1alpha1",
+        "ClusterNetworkPolicy" => "policy.networking.k8s.io/v1alpha2",
+        _ => return None,
+    })
 }
 
 fn object_name(value: &Value) -> String {

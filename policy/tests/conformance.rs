@@ -1,8 +1,12 @@
-//! The independent NetworkPolicy conformance suite (../shared/policy-conformance:
-//! 102 scenarios, ~46k rows with known answers from np-guard/netpol-analyzer),
-//! every row checked in-process. Cases we believe the analyzer got wrong are
-//! listed with the reason in `tests/fixtures/conformance-disagreements.yaml`;
-//! each listed row must still disagree, so the list cannot go stale silently.
+//! The independent conformance suites, every row checked in-process:
+//! ../shared/policy-conformance (NetworkPolicy: 102 scenarios, ~46k rows) and
+//! ../shared/policy-conformance-tiers (AdminNetworkPolicy and
+//! BaselineAdminNetworkPolicy with NetworkPolicies: 67 scenarios, 6,743
+//! rows), both with known answers from np-guard/netpol-analyzer. Cases we
+//! believe the analyzer got wrong are listed with the reason in
+//! `tests/fixtures/conformance-disagreements.yaml` (and
+//! `conformance-tiers-disagreements.yaml`); each listed row must still
+//! disagree, so the lists cannot go stale silently.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -32,8 +36,11 @@ struct Disagreement {
     reason: String,
 }
 
-fn suite_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/policy-conformance/cases");
+fn suite_dir(suite: &str) -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared")
+        .join(suite)
+        .join("cases");
     dir.is_dir().then_some(dir)
 }
 
@@ -50,8 +57,21 @@ fn endpoint(cluster: &Cluster, s: &str) -> Endpoint {
 
 #[test]
 fn conformance_suite_every_row() {
-    let Some(dir) = suite_dir() else {
-        let msg = "!! SKIPPED: ../shared/policy-conformance/cases not found beside the checkout";
+    run_suite("policy-conformance", "conformance-disagreements.yaml", 100);
+}
+
+#[test]
+fn conformance_tiers_suite_every_row() {
+    run_suite(
+        "policy-conformance-tiers",
+        "conformance-tiers-disagreements.yaml",
+        67,
+    );
+}
+
+fn run_suite(suite: &str, disagreements_file: &str, min_cases: usize) {
+    let Some(dir) = suite_dir(suite) else {
+        let msg = format!("!! SKIPPED: ../shared/{suite}/cases not found beside the checkout");
         assert!(std::env::var_os("CI").is_none(), "{msg} (required in CI)");
         eprintln!("{msg}");
         return;
@@ -59,7 +79,8 @@ fn conformance_suite_every_row() {
     let disagreements: Vec<Disagreement> = serde_norway::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/conformance-disagreements.yaml"),
+                .join("tests/fixtures")
+                .join(disagreements_file),
         )
         .expect("read disagreements"),
     )
@@ -87,8 +108,8 @@ fn conformance_suite_every_row() {
         .collect();
     cases.sort();
     assert!(
-        cases.len() >= 100,
-        "expected ~102 cases, found {}",
+        cases.len() >= min_cases,
+        "expected at least {min_cases} cases in {suite}, found {}",
         cases.len()
     );
 
@@ -143,7 +164,7 @@ fn conformance_suite_every_row() {
         "disagreements that match no row: {unseen:?}"
     );
     eprintln!(
-        "conformance: {} cases, {rows_total} rows, {} failures, {} documented disagreements",
+        "{suite}: {} cases, {rows_total} rows, {} failures, {} documented disagreements",
         cases.len(),
         failures.len(),
         listed.len()
