@@ -33,3 +33,13 @@ else
   echo "!! SKIPPED: ../shared/policy-conformance not found beside this checkout" >&2
   [ -z "${CI:-}" ] || { echo "in CI the conformance suite must be present" >&2; exit 1; }
 fi
+
+step "Cluster-tier (AdminNetworkPolicy/BaselineAdminNetworkPolicy) conformance through the CLI (sampled; the in-process test checks every row)"
+if [ -f ../shared/policy-conformance-tiers/check.py ]; then
+  python3 ../shared/policy-conformance-tiers/check.py \
+    --cmd 'target/debug/flowgate explain --cluster {cluster} --from {src} --to {dst} --port {port} --protocol {protocol} --output json' \
+    --max-rows-per-case 40 --jobs 2
+else
+  echo "!! SKIPPED: ../shared/policy-conformance-tiers not found beside this checkout" >&2
+  [ -z "${CI:-}" ] || { echo "in CI the tiers conformance suite must be present" >&2; exit 1; }
+fi

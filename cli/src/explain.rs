@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use flowgate_policy::{Cluster, DirectionExplanation, Endpoint, Explanation, Protocol};
+use flowgate_policy::{
+    Cluster, DirectionExplanation, Endpoint, Explanation, Protocol, StepOutcome,
+};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum Output {
@@ -17,9 +19,10 @@ pub(crate) enum Output {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// A YAML/JSON file or a folder of them holding Namespaces, Pods and
-    /// NetworkPolicies (multi-document and `kind: List` files are fine).
-    /// Repeat to combine several.
+    /// A YAML/JSON file or a folder of them holding Namespaces, Pods, Nodes,
+    /// NetworkPolicies and the cluster tiers (AdminNetworkPolicy,
+    /// BaselineAdminNetworkPolicy, ClusterNetworkPolicy); multi-document and
+    /// `kind: List` files are fine. Repeat to combine several.
     #[arg(long, required = true, value_name = "FILE_OR_DIR")]
     cluster: Vec<PathBuf>,
     /// Source: `namespace/pod`, or an IP address (a pod's IP means that pod).
@@ -55,7 +58,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let objects = flowgate_policy::load_paths(&args.cluster).context("reading the cluster")?;
     for ignored in &objects.ignored {
-        tracing::debug!(object = %ignored, "not a Namespace, Pod or NetworkPolicy: ignored");
+        tracing::debug!(object = %ignored, "not a kind policies depend on: ignored");
     }
     let cluster = Cluster::build(&objects, 1).context("invalid cluster object")?;
     let src = endpoint(&cluster, &args.from).context("--from")?;
@@ -123,22 +126,42 @@ fn render_direction(d: &DirectionExplanation) -> String {
     } else {
         "DENY"
     };
+    // Without cluster-tier policies for this pod the tier adds nothing.
+    let tiered = d.tiers.iter().any(|s| s.outcome != StepOutcome::NoPolicies);
+    let tier = if tiered {
+        format!("({} tier) ", d.tier)
+    } else {
+        String::new()
+    };
     let mut out = format!(
-        "  {:<8} [{mark}] {}\n",
+        "  {:<8} [{mark}] {tier}{}\n",
         d.direction.to_string(),
         first_sentence(&d.reason, d)
     );
     for m in &d.misses {
         out.push_str(&format!("           - {}\n", m.explanation));
     }
+    // The walk through the cluster tiers, when any cluster policy applies.
+    for step in d
+        .tiers
+        .iter()
+        .filter(|s| s.outcome != StepOutcome::NoPolicies && !d.reason.contains(&s.text))
+    {
+        out.push_str(&format!(
+            "           {} tier: {}\n",
+            step.tier.tier(),
+            step.text
+        ));
+    }
     out
 }
 
 /// The denial reason repeats the misses, which are printed one per line.
 fn first_sentence<'a>(reason: &'a str, d: &DirectionExplanation) -> &'a str {
-    if d.misses.is_empty() {
-        reason
-    } else {
-        reason.split_once(": ").map_or(reason, |(head, _)| head)
+    match d.misses.first() {
+        None => reason,
+        Some(m) => reason
+            .find(&m.explanation)
+            .map_or(reason, |at| reason[..at].trim_end_matches([' ', ':'])),
     }
 }

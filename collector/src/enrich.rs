@@ -10,7 +10,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use flowgate_policy::{
-    Cluster, Direction as PolicyDirection, Endpoint, PolicyId, Protocol, Verdict, VerdictCache,
+    Cluster, Direction as PolicyDirection, Endpoint, PolicyId, Protocol, Tier, Verdict,
+    VerdictCache,
 };
 use flowgate_proto::v1::{self, Flow};
 use flowgate_query::{FlowBatchBuilder, FlowRef};
@@ -400,7 +401,7 @@ fn deciding_policy(v: &Verdict) -> Option<PolicyId> {
     } else {
         [&v.egress, &v.ingress]
             .into_iter()
-            .filter(|d| d.applicable && !d.allowed)
+            .filter(|d| d.tier == Tier::NetworkPolicy && !d.allowed)
             .flat_map(|d| d.isolated_by.iter())
             .copied()
             .next()
@@ -425,7 +426,9 @@ fn policy_names<'a>(
     }
     let mut denied_by: Vec<&str> = Vec::new();
     for d in [&v.egress, &v.ingress] {
-        if d.applicable && !d.allowed {
+        // Only where NetworkPolicies decided: an Admin/Baseline denial is
+        // named in `decided_by`, not blamed on the namespace's policies.
+        if d.tier == Tier::NetworkPolicy && !d.allowed {
             for p in d.isolated_by.iter() {
                 let key = names.key(*p);
                 if !denied_by.contains(&key) {

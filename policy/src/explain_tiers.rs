@@ -144,7 +144,13 @@ impl Cluster {
                 protocol,
                 dst_info,
             };
-            let (outcome, rule, nearest, text) = if !reached {
+            let (outcome, rule, nearest, text) = if policies.is_empty() {
+                let text = format!(
+                    "no {this}-tier policy applies to {} for {direction}.",
+                    self.pod_name(subject)
+                );
+                (StepOutcome::NoPolicies, None, None, text)
+            } else if !reached {
                 let text = if v.tier == Tier::Admin {
                     "not reached: the admin tier decided.".to_string()
                 } else {
@@ -154,12 +160,6 @@ impl Cluster {
                     )
                 };
                 (StepOutcome::NotReached, None, None, text)
-            } else if policies.is_empty() {
-                let text = format!(
-                    "no {this}-tier policy applies to {} for {direction}.",
-                    self.pod_name(subject)
-                );
-                (StepOutcome::NoPolicies, None, None, text)
             } else if let Some(r) = decided_here {
                 let nearest = self.tier_nearest(policies, &ctx, Some(r));
                 let verb = match self.tier_rule(r).action {
@@ -201,6 +201,16 @@ impl Cluster {
                 text.push('.');
                 (StepOutcome::NoMatch, None, nearest, text)
             };
+            let mut text = text;
+            if matches!(outcome, StepOutcome::Decided | StepOutcome::NoMatch) {
+                for r in self.unevaluable_before(policies, &ctx, decided_here) {
+                    text.push_str(&format!(
+                        " {} has domainNames peers that could not be evaluated (flowgate does not know which DNS name {} was reached by).",
+                        self.describe_tier_rule(r),
+                        other.ip
+                    ));
+                }
+            }
             steps.push(TierStep {
                 tier,
                 outcome,
@@ -211,6 +221,44 @@ impl Cluster {
             });
         }
         steps
+    }
+
+    /// Rules before `until` (all without it) whose ports match but whose
+    /// domainNames peers cannot be judged.
+    fn unevaluable_before(
+        &self,
+        policies: &[crate::tier::ClusterPolicyId],
+        ctx: &MissCtx<'_>,
+        until: Option<TierRuleId>,
+    ) -> Vec<TierRuleId> {
+        let mut out = Vec::new();
+        for &policy in policies {
+            for (ri, rule) in self
+                .cluster_policy(policy)
+                .rules(ctx.direction)
+                .iter()
+                .enumerate()
+            {
+                let id = TierRuleId {
+                    policy,
+                    direction: ctx.direction,
+                    index: ri as u32,
+                };
+                if Some(id) == until {
+                    return out;
+                }
+                let domains = rule
+                    .peers
+                    .iter()
+                    .any(|p| matches!(p, TierPeer::DomainNames(_)));
+                if domains
+                    && Self::tier_rule_ports_match(rule, ctx.port, ctx.protocol, ctx.dst_info)
+                {
+                    out.push(id);
+                }
+            }
+        }
+        out
     }
 
     /// The closest rule among `policies` (all of them, or those before

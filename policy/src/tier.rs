@@ -283,15 +283,16 @@ pub(crate) fn node(n: &Node) -> Result<NodeInfo, String> {
     for a in n.status.iter().flat_map(|s| s.addresses.iter().flatten()) {
         // Hostname (and other non-IP) addresses name the node, they are not
         // where it is reached.
-        if let Ok(ip) = IpAddr::from_str(&a.address)
-            && !addresses.contains(&ip)
-        {
-            addresses.push(ip);
-        } else if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
-            return Err(format!(
-                "{} address `{}` is not an IP address",
-                a.type_, a.address
-            ));
+        match IpAddr::from_str(&a.address) {
+            Ok(ip) if !addresses.contains(&ip) => addresses.push(ip),
+            Ok(_) => {}
+            Err(_) if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") => {
+                return Err(format!(
+                    "{} address `{}` is not an IP address",
+                    a.type_, a.address
+                ));
+            }
+            Err(_) => {}
         }
     }
     Ok(NodeInfo {
