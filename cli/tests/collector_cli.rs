@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
 mod support;
@@ -248,5 +248,177 @@ fn query_prints_a_table_and_the_api_answers_filters_and_explanations() -> Result
         metrics.contains("flowgate_collector_flows_ingested_total 7"),
         "{metrics}"
     );
+    Ok(())
+}
+
+/// `n` batches of `per_batch` flows from `probe`, every flow distinct by
+/// its source port and address.
+fn numbered_batches(probe: &str, n: u64, per_batch: u64) -> Vec<flowgate_proto::v1::FlowBatch> {
+    use flowgate_proto::v1;
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    )
+    .unwrap_or(0);
+    (1..=n)
+        .map(|sequence| v1::FlowBatch {
+            schema_version: v1::SchemaVersion::V1 as i32,
+            probe_id: probe.to_owned(),
+            node: "node-k".to_owned(),
+            sequence,
+            flows: (0..per_batch)
+                .map(|i| {
+                    let id = (sequence - 1) * per_batch + i;
+                    v1::Flow {
+                        node: "node-k".to_owned(),
+                        first_seen_ns: now - 1_000_000_000,
+                        last_seen_ns: now,
+                        interface: "veth-k".to_owned(),
+                        direction: v1::Direction::Egress as i32,
+                        ip_version: v1::IpVersion::V4 as i32,
+                        src_ip: vec![10, 9, (id / 60_000) as u8, 1],
+                        dst_ip: vec![10, 1, 0, 20],
+                        protocol: v1::Protocol::Tcp as i32,
+                        src_port: 1 + (id % 60_000) as u32,
+                        dst_port: 8080,
+                        packets: 1,
+                        bytes: 100,
+                        kernel_fate: v1::KernelFate::Forwarded as i32,
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+            losses: None,
+        })
+        .collect()
+}
+
+/// Sends `batches` on one stream; returns the statuses of the first
+/// `acks` acknowledgements (the stream is left open, as when the process
+/// dies under it).
+fn stream(
+    grpc: &str,
+    batches: Vec<flowgate_proto::v1::FlowBatch>,
+    acks: usize,
+) -> Result<Vec<i32>> {
+    use flowgate_proto::v1::flow_ingest_client::FlowIngestClient;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut client = FlowIngestClient::connect(grpc.to_owned()).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(batches.len().max(1));
+        for b in batches {
+            tx.send(b).await?;
+        }
+        let mut inbound = client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let mut statuses = Vec::new();
+        while statuses.len() < acks {
+            let ack = inbound
+                .message()
+                .await?
+                .context("the stream ended before every ack")?;
+            statuses.push(ack.status);
+        }
+        drop(tx);
+        Ok(statuses)
+    })
+}
+
+fn count_flows(http: &str) -> Result<u64> {
+    let rows = sql(
+        http,
+        "SELECT count(*) AS n, count(DISTINCT (src_ip, src_port)) AS distinct_flows FROM flows",
+    )?;
+    let n = rows[0]["n"].as_u64().context("count")?;
+    ensure!(
+        rows[0]["distinct_flows"].as_u64() == Some(n),
+        "a flow is stored twice: {rows:?}"
+    );
+    Ok(n)
+}
+
+/// The scenario: 120 batches streamed, the collector SIGKILLed
+/// after 41 acknowledgements (more may be stored, unacknowledged). After a
+/// restart every acknowledged flow is there, and resending all 120 batches
+/// (as the probe does, then once more) stores each flow exactly once.
+#[test]
+fn a_collector_killed_mid_stream_stores_every_resent_flow_exactly_once() -> Result<()> {
+    use flowgate_proto::v1::AckStatus;
+    const BATCHES: u64 = 120;
+    const PER_BATCH: u64 = 500;
+    let data = tempfile::tempdir()?;
+    let batches = numbered_batches("node-k/killed", BATCHES, PER_BATCH);
+    let first = start(data.path())?;
+    let acked = stream(&first.grpc, batches.clone(), 41)?;
+    ensure!(
+        acked.iter().all(|s| *s == AckStatus::Stored as i32),
+        "{acked:?}"
+    );
+    first.kill()?;
+
+    let second = start(data.path())?;
+    let before = count_flows(&second.http)?;
+    ensure!(
+        before >= 41 * PER_BATCH && before % PER_BATCH == 0,
+        "{before} flows after the restart: every acknowledged batch, whole"
+    );
+    eprintln!(
+        "killed after 41 acks: {} batches were stored",
+        before / PER_BATCH
+    );
+    let resent = stream(&second.grpc, batches.clone(), BATCHES as usize)?;
+    let duplicates = resent
+        .iter()
+        .filter(|s| **s == AckStatus::Duplicate as i32)
+        .count() as u64;
+    ensure!(
+        resent[..41]
+            .iter()
+            .all(|s| *s == AckStatus::Duplicate as i32),
+        "acknowledged batches are duplicates: {resent:?}"
+    );
+    ensure!(
+        duplicates * PER_BATCH == before,
+        "exactly the stored batches are duplicates: {duplicates} of {resent:?}"
+    );
+    ensure!(count_flows(&second.http)? == BATCHES * PER_BATCH);
+    second.kill()?;
+
+    // Killed again (nothing flushed): the log alone still knows.
+    let third = start(data.path())?;
+    let again = stream(&third.grpc, batches, BATCHES as usize)?;
+    ensure!(
+        again.iter().all(|s| *s == AckStatus::Duplicate as i32),
+        "{again:?}"
+    );
+    ensure!(count_flows(&third.http)? == BATCHES * PER_BATCH);
+    third.kill()?;
+    Ok(())
+}
+
+/// SIGTERM stops the collector cleanly: exit status 0, the store flushed
+/// to Parquet (the log holds nothing), and the flows there after a restart.
+#[test]
+fn sigterm_stops_the_collector_cleanly_and_flushes_the_store() -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let first = start(data.path())?;
+    let acked = stream(&first.grpc, numbered_batches("node-k/term", 3, 10), 3)?;
+    ensure!(acked.len() == 3);
+    let status = first.terminate()?;
+    ensure!(status.success(), "exit status after SIGTERM: {status}");
+    let parquet = std::fs::read_dir(data.path().join("flows"))?.count();
+    ensure!(
+        parquet == 1,
+        "one partition written on shutdown, found {parquet}"
+    );
+    let second = start(data.path())?;
+    ensure!(count_flows(&second.http)? == 30);
+    second.kill()?;
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The gRPC `FlowIngest` service: many probes stream batches at once; each
 //! batch is checked, deduplicated by (probe_id, sequence), enriched, stored,
-//! and only then acknowledged STORED.
+//! and only then acknowledged STORED. The store keeps which (probe,
+//! sequence) it holds durably, with the rows: a batch resent after a
+//! collector crash is answered DUPLICATE and stored once.
 //!
 //! A batch that cannot be stored as sent (unknown schema version, too many
 //! flows, a malformed record) gets a REJECTED ack whose reason names the
@@ -8,13 +10,12 @@
 //! fault: the stream ends with UNAVAILABLE and the probe resends unacked
 //! batches after reconnecting.
 
-use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use flowgate_proto::v1::flow_ingest_server::{FlowIngest, FlowIngestServer};
 use flowgate_proto::v1::{AckStatus, BatchAck, FlowBatch, SchemaVersion};
-use flowgate_query::{FlowBatchBuilder, FlowStore};
+use flowgate_query::{Appended, FlowBatchBuilder, FlowStore};
 use futures::{Stream, StreamExt};
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
@@ -26,9 +27,6 @@ use crate::enrich::{Enricher, VerdictTally, check};
 use crate::metrics::{Metrics, RejectKind};
 use crate::tls::Peer;
 
-/// Sequences remembered per probe for deduplication. Older ones are
-/// summarised by a floor: anything below it counts as already stored.
-const SEQUENCES_REMEMBERED: usize = 4096;
 /// Acks queued per stream before the stream stops reading batches (the
 /// probe then waits: backpressure, nothing dropped).
 const ACK_QUEUE: usize = 16;
@@ -52,30 +50,11 @@ struct Inner {
     metrics: Arc<Metrics>,
     max_batch_flows: usize,
     cache_entries: usize,
-    probes: Mutex<FxHashMap<String, Arc<tokio::sync::Mutex<Seen>>>>,
+    /// One batch of a probe at a time, so that a concurrent resend waits
+    /// and is then found stored, without enriching it twice.
+    probes: Mutex<FxHashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// For unary `Push`, which has no stream to own a cache.
     push_enricher: tokio::sync::Mutex<Enricher>,
-}
-
-#[derive(Default)]
-struct Seen {
-    floor: u64,
-    recent: BTreeSet<u64>,
-}
-
-impl Seen {
-    fn contains(&self, seq: u64) -> bool {
-        seq < self.floor || self.recent.contains(&seq)
-    }
-
-    fn insert(&mut self, seq: u64) {
-        self.recent.insert(seq);
-        while self.recent.len() > SEQUENCES_REMEMBERED {
-            if let Some(oldest) = self.recent.pop_first() {
-                self.floor = self.floor.max(oldest + 1);
-            }
-        }
-    }
 }
 
 impl Ingest {
@@ -185,14 +164,12 @@ impl Ingest {
                 inner.metrics.probe_losses.get_or_create(&labels).set(value);
             }
         }
-        let seen = {
+        let turn = {
             let mut probes = inner.probes.lock().unwrap_or_else(|p| p.into_inner());
             probes.entry(batch.probe_id.clone()).or_default().clone()
         };
-        // Held until the batch is stored, so a concurrent resend of the same
-        // batch waits and then sees it as a duplicate.
-        let mut seen = seen.lock().await;
-        if seen.contains(batch.sequence) {
+        let turn = turn.lock().await;
+        if inner.store.holds(&batch.probe_id, batch.sequence) {
             inner.metrics.batches_duplicate.inc();
             return Ok(ack(AckStatus::Duplicate, String::new(), 0));
         }
@@ -212,11 +189,19 @@ impl Ingest {
         let n = rows.len();
         let rows = rows.finish();
         let store = inner.store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.append_batch(rows)).await;
+        let (probe, sequence) = (batch.probe_id.clone(), batch.sequence);
+        let stored =
+            tokio::task::spawn_blocking(move || store.append_from(&probe, sequence, rows)).await;
+        drop(turn);
         match stored {
-            Ok(Ok(())) => {}
+            Ok(Ok(Appended::Stored)) => {}
+            Ok(Ok(Appended::Duplicate)) => {
+                inner.metrics.batches_duplicate.inc();
+                return Ok(ack(AckStatus::Duplicate, String::new(), 0));
+            }
             Ok(Err(e)) => {
                 inner.metrics.rejected(RejectKind::Store, n);
+                let e = with_causes(&e);
                 tracing::error!(error = %e, probe = %batch.probe_id, "cannot store a batch");
                 return Err(Status::unavailable(format!("the flow store failed: {e}")));
             }
@@ -225,8 +210,6 @@ impl Ingest {
                 return Err(Status::internal(format!("the store task failed: {e}")));
             }
         }
-        seen.insert(batch.sequence);
-        drop(seen);
         tally.record(&inner.metrics, &snapshot.cluster);
         inner.metrics.flows_ingested.inc_by(n as u64);
         inner.metrics.batches_stored.inc();
@@ -236,6 +219,18 @@ impl Ingest {
             u32::try_from(n).unwrap_or(u32::MAX),
         ))
     }
+}
+
+/// An error and its causes on one line (`a: b: c`).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<BatchAck, Status>> + Send + 'static>>;

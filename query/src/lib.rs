@@ -10,8 +10,10 @@
 //! `policies` tables the collector keeps current, and returns JSON, CSV or
 //! Arrow IPC ([`QueryResult`]).
 
+mod delivered;
 mod engine;
 mod format;
+mod manifest;
 mod provider;
 mod schema;
 mod store;
@@ -20,8 +22,11 @@ pub mod wal;
 pub use datafusion::arrow;
 pub use engine::{NamespaceRow, PodRow, PolicyRow, QueryEngine, QueryError, QueryLimits};
 pub use format::QueryResult;
+pub use manifest::ManifestError;
 pub use schema::{FlowBatchBuilder, FlowRef, FlowRow, flows_schema, to_batch};
-pub use store::{FlowStore, RetentionReport, StoreConfig, StoreError, StoreStats};
+pub use store::{
+    Appended, FlowStore, FlushPoint, RetentionReport, StoreConfig, StoreError, StoreStats,
+};
 
 #[doc(hidden)]
 pub use provider::time_bounds;

@@ -1,15 +1,30 @@
 //! The flow store: every append is written ahead (and synced) before it is
 //! visible; recent rows live as Arrow record batches in memory; a flush
-//! writes them as Parquet files partitioned by time and empties the log.
+//! writes them as Parquet files partitioned by time.
 //!
-//! Layout under `dir`: `wal` (see [`crate::wal`]) and
-//! `flows/<partition start ns>/<first seq>-<last seq>.parquet`. A Parquet
-//! file's name carries the last log sequence it holds, so after a crash
-//! between writing Parquet and emptying the log, replay skips what Parquet
-//! already has: nothing acknowledged is lost, nothing is counted twice.
+//! Layout under `dir`: `log/<first seq>.wal` (log segments, see
+//! [`crate::wal`]), `flows/<partition start ns>/<last seq>.parquet`, and
+//! `manifest` (see [`crate::manifest`]), which alone says which files make
+//! up the store and up to which log sequence they hold the rows.
+//!
+//! A flush, exact through a crash at any point:
+//! 1. under the lock, the memory batches are frozen (still queried) and
+//!    the log rotates to a new segment, so ingest goes on at once;
+//! 2. without the lock, the frozen rows are written as Parquet files (one
+//!    per time partition), then a new manifest names them and the last
+//!    log sequence they hold, in one atomic rename;
+//! 3. under the lock, the files replace the frozen batches; then the old
+//!    log segments are deleted.
+//!
+//! On open, files the manifest does not name are removed (a flush that
+//! did not reach its manifest) and log records past its sequence are
+//! replayed. Which (probe, sequence) batches are stored is kept with them,
+//! in the log records and in the manifest, so a batch resent after a
+//! restart is recognised ([`FlowStore::append_from`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use datafusion::arrow::compute::concat_batches;
@@ -18,6 +33,8 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
+use crate::delivered::Delivered;
+use crate::manifest::{FileEntry, Manifest, ManifestError};
 use crate::schema::{FlowRow, flows_schema, to_batch};
 use crate::wal::{Wal, WalError};
 
@@ -50,16 +67,54 @@ impl StoreConfig {
 pub enum StoreError {
     #[error(transparent)]
     Wal(#[from] WalError),
-    #[error("{op} {path}: {source}")]
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{op} {path}")]
     Io {
         op: &'static str,
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("writing Parquet {path}: {message}")]
     Parquet { path: PathBuf, message: String },
     #[error("{message}")]
     Schema { message: String },
+    #[error(
+        "{rows} rows wait in memory (the limit is {limit}) and flushing them to Parquet fails: {message}"
+    )]
+    FlushFailing {
+        rows: usize,
+        limit: usize,
+        message: String,
+    },
+    #[error("the store stopped at failpoint {point:?} (a simulated crash): reopen it")]
+    Crashed { point: FlushPoint },
+}
+
+/// Where a flush can be made to stop as if the process died there, to
+/// test recovery from every step ([`FlowStore::set_failpoint`]).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushPoint {
+    /// Before the flush's n-th Parquet file (0-based) is written.
+    BeforeFile(usize),
+    /// After the n-th file is written and synced.
+    AfterFile(usize),
+    BeforeManifest,
+    AfterManifest,
+    /// After the files replaced the frozen batches, before the old log
+    /// segments are deleted.
+    BeforeTrim,
+    AfterTrim,
+}
+
+/// What [`FlowStore::append_from`] did with a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appended {
+    Stored,
+    /// The store already holds this (probe, sequence): nothing was added.
+    Duplicate,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,7 +139,6 @@ pub struct RetentionReport {
 pub(crate) struct PartFile {
     pub path: PathBuf,
     pub partition_start_ns: i64,
-    pub last_seq: u64,
     pub bytes: u64,
     pub rows: u64,
 }
@@ -97,19 +151,63 @@ pub(crate) struct MemBatch {
     pub max_ns: i64,
 }
 
-struct State {
-    wal: Wal,
-    next_seq: u64,
-    memory: Vec<MemBatch>,
+/// Rows appended since the last flush began.
+#[derive(Default)]
+struct Memory {
+    batches: Vec<MemBatch>,
     /// Rows of small appends not yet merged into one batch.
     small: Vec<RecordBatch>,
-    memory_rows: usize,
+    /// Rows in `batches` and `small`.
+    rows: usize,
+}
+
+/// A log segment that no longer takes appends.
+#[derive(Debug)]
+struct Sealed {
+    path: PathBuf,
+    bytes: u64,
+}
+
+struct State {
+    /// The log segment appends go to.
+    wal: Wal,
+    sealed: Vec<Sealed>,
+    next_seq: u64,
+    mem: Memory,
+    /// Batches a flush is writing; queried until its files replace them.
+    frozen: Vec<MemBatch>,
+    frozen_rows: usize,
     files: Vec<PartFile>,
+    /// Every batch the store holds (log and Parquet), by probe.
+    delivered: Delivered,
+    generation: u64,
+    flushed_through: u64,
+    flush_requested: bool,
+    flushing: bool,
+    /// Why the last flush failed, until one succeeds.
+    flush_error: Option<String>,
+    failpoint: Option<FlushPoint>,
+    crashed: Option<FlushPoint>,
+}
+
+impl State {
+    fn check_alive(&self) -> Result<(), StoreError> {
+        match self.crashed {
+            Some(point) => Err(StoreError::Crashed { point }),
+            None => Ok(()),
+        }
+    }
 }
 
 struct Inner {
     config: StoreConfig,
     state: Mutex<State>,
+    /// Signalled when a flush ends (appends waiting for room, `wait_idle`).
+    flushed: Condvar,
+    /// One flush or retention pass at a time: each writes a manifest.
+    manifest_writer: Mutex<()>,
+    /// Wakes the background flusher.
+    wake: SyncSender<()>,
 }
 
 /// A handle to the store; clones share it.
@@ -135,45 +233,76 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 }
 
 const MERGE_ROWS: usize = 65_536;
+/// Appends wait for a flush once memory holds this many times `flush_rows`
+/// (ingest faster than Parquet writing must not exhaust memory).
+const MEMORY_LIMIT_FLUSHES: usize = 3;
+/// A failed background flush is retried after this pause.
+const FLUSH_RETRY: Duration = Duration::from_secs(1);
+
+/// What a flush writes, taken under the lock.
+struct FlushJob {
+    batches: Vec<RecordBatch>,
+    through: u64,
+    files: Vec<PartFile>,
+    delivered: Delivered,
+    generation: u64,
+    /// Log segments holding only records up to `through`.
+    sealed: usize,
+}
 
 impl FlowStore {
-    /// Opens the store, replaying the log into memory.
+    /// Opens the store: reads the manifest, removes files it does not
+    /// name, and replays the log records it does not cover into memory.
     pub fn open(config: StoreConfig) -> Result<FlowStore, StoreError> {
-        let flows = config.dir.join("flows");
-        std::fs::create_dir_all(&flows).map_err(io_err("creating", &flows))?;
-        let files = scan_files(&flows)?;
-        let persisted = files.iter().map(|f| f.last_seq).max().unwrap_or(0);
-        let (wal, records, _torn) = Wal::open(&config.dir.join("wal"))?;
-        let mut state = State {
-            wal,
-            next_seq: persisted + 1,
-            memory: Vec::new(),
-            small: Vec::new(),
-            memory_rows: 0,
-            files,
+        let dir = config.dir.clone();
+        for sub in ["flows", "log"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(io_err("creating", &path))?;
+        }
+        let manifest = match Manifest::read(&dir)? {
+            Some(m) => m,
+            None => adopt_unlisted_store(&dir)?,
         };
-        let mut replayed = 0;
-        for r in records {
-            state.next_seq = state.next_seq.max(r.seq + 1);
-            if r.seq <= persisted || r.batch.num_rows() == 0 {
-                continue; // already in Parquet
-            }
-            replayed += r.batch.num_rows();
-            push_memory(&mut state, r.batch);
-        }
-        if replayed > 0 {
-            tracing::info!(rows = replayed, "replayed the write-ahead log");
-        }
-        Ok(FlowStore {
-            inner: Arc::new(Inner {
-                config,
-                state: Mutex::new(state),
-            }),
-        })
+        let files = listed_files(&dir, &manifest)?;
+        remove_unlisted(&dir.join("flows"), &files)?;
+        let mut delivered = manifest.delivered;
+        let mut mem = Memory::default();
+        let (sealed, next_seq) =
+            replay_log(&dir, manifest.flushed_through, &mut delivered, &mut mem)?;
+        let (wal, _, _) = Wal::open(&segment_path(&dir, next_seq))?;
+        sync_dir(&dir.join("log"))?;
+        let state = State {
+            wal,
+            sealed,
+            next_seq,
+            mem,
+            frozen: Vec::new(),
+            frozen_rows: 0,
+            files,
+            delivered,
+            generation: manifest.generation,
+            flushed_through: manifest.flushed_through,
+            flush_requested: false,
+            flushing: false,
+            flush_error: None,
+            failpoint: None,
+            crashed: None,
+        };
+        let (wake, wakes) = std::sync::mpsc::sync_channel(1);
+        let inner = Arc::new(Inner {
+            config,
+            state: Mutex::new(state),
+            flushed: Condvar::new(),
+            manifest_writer: Mutex::new(()),
+            wake,
+        });
+        spawn_flusher(Arc::downgrade(&inner), wakes)?;
+        Ok(FlowStore { inner })
     }
 
     /// Stores rows durably: written ahead and synced before this returns,
-    /// then visible to queries. Flushes to Parquet when memory is full.
+    /// then visible to queries. A flush to Parquet starts in the background
+    /// when memory is full.
     pub fn append(&self, rows: &[FlowRow]) -> Result<(), StoreError> {
         // Encode outside the lock: many writers share one store.
         self.append_batch(to_batch(rows))
@@ -182,8 +311,34 @@ impl FlowStore {
     /// Like [`append`](Self::append), for a batch already in the `flows`
     /// schema (built with [`crate::FlowBatchBuilder`]).
     pub fn append_batch(&self, batch: RecordBatch) -> Result<(), StoreError> {
-        if batch.num_rows() == 0 {
-            return Ok(());
+        self.append_inner(None, batch).map(|_| ())
+    }
+
+    /// Stores the batch `sequence` of `probe` unless the store already
+    /// holds it: exactly once per (probe, sequence), across restarts and
+    /// crashes, because the pair is logged with the rows.
+    pub fn append_from(
+        &self,
+        probe: &str,
+        sequence: u64,
+        batch: RecordBatch,
+    ) -> Result<Appended, StoreError> {
+        self.append_inner(Some((probe, sequence)), batch)
+    }
+
+    /// Whether the store holds the batch `sequence` of `probe` (a cheap
+    /// check before the work of enriching a resent batch).
+    pub fn holds(&self, probe: &str, sequence: u64) -> bool {
+        self.lock().delivered.contains(probe, sequence)
+    }
+
+    fn append_inner(
+        &self,
+        origin: Option<(&str, u64)>,
+        batch: RecordBatch,
+    ) -> Result<Appended, StoreError> {
+        if batch.num_rows() == 0 && origin.is_none() {
+            return Ok(Appended::Stored);
         }
         if batch.schema() != flows_schema() {
             return Err(StoreError::Schema {
@@ -193,135 +348,287 @@ impl FlowStore {
                 ),
             });
         }
-        let mut s = self.inner.state.lock().unwrap();
+        let mut s = self.wait_for_room()?;
+        if let Some((probe, sequence)) = origin
+            && s.delivered.contains(probe, sequence)
+        {
+            return Ok(Appended::Duplicate);
+        }
         let seq = s.next_seq;
-        s.wal.append(seq, &batch)?;
+        s.wal.append(seq, origin, &batch)?;
         s.next_seq += 1;
-        push_memory(&mut s, batch);
-        if s.memory_rows >= self.inner.config.flush_rows {
-            self.flush_locked(&mut s)?;
+        if let Some((probe, sequence)) = origin {
+            s.delivered.insert(probe, sequence);
+        }
+        if batch.num_rows() > 0 {
+            s.mem.push(batch);
+        }
+        if s.mem.rows >= self.inner.config.flush_rows {
+            self.request_flush(&mut s);
+        }
+        Ok(Appended::Stored)
+    }
+
+    /// The state lock, once memory has room for more rows.
+    fn wait_for_room(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        let limit = self.inner.config.flush_rows.max(1) * MEMORY_LIMIT_FLUSHES;
+        let mut s = self.lock();
+        loop {
+            s.check_alive()?;
+            let rows = s.mem.rows + s.frozen_rows;
+            if rows < limit {
+                return Ok(s);
+            }
+            if let Some(message) = &s.flush_error {
+                return Err(StoreError::FlushFailing {
+                    rows,
+                    limit,
+                    message: message.clone(),
+                });
+            }
+            self.request_flush(&mut s);
+            s = self
+                .inner
+                .flushed
+                .wait(s)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn request_flush(&self, s: &mut State) {
+        if s.flush_requested || s.flushing {
+            return;
+        }
+        match self.inner.wake.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) => s.flush_requested = true,
+            Err(TrySendError::Disconnected(())) => {
+                tracing::error!("the background flusher is gone: memory is flushed only on demand")
+            }
+        }
+    }
+
+    /// Blocks until no flush is running or requested (tests, benchmarks).
+    #[doc(hidden)]
+    pub fn wait_idle(&self) {
+        let mut s = self.lock();
+        while (s.flushing || s.flush_requested) && s.crashed.is_none() {
+            s = self
+                .inner
+                .flushed
+                .wait(s)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Makes the next flush stop at `point` as if the process died there:
+    /// the store then refuses everything until reopened.
+    #[doc(hidden)]
+    pub fn set_failpoint(&self, point: Option<FlushPoint>) {
+        self.lock().failpoint = point;
+    }
+
+    fn failpoint(&self, point: FlushPoint) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        if s.failpoint == Some(point) {
+            s.crashed = Some(point);
+            drop(s);
+            self.inner.flushed.notify_all();
+            return Err(StoreError::Crashed { point });
         }
         Ok(())
     }
 
-    /// Writes memory to Parquet (one file per time partition) and empties
-    /// the log.
+    /// Writes the rows in memory to Parquet (one file per time partition),
+    /// records them in the manifest, then deletes the log they were in.
+    /// Appends go on meanwhile.
     pub fn flush(&self) -> Result<(), StoreError> {
-        let mut s = self.inner.state.lock().unwrap();
-        self.flush_locked(&mut s)
+        let _writer = self
+            .inner
+            .manifest_writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(job) = self.begin_flush()? else {
+            return Ok(());
+        };
+        let result = self.write_flush(&job);
+        self.end_flush(job, result)
     }
 
-    fn flush_locked(&self, s: &mut State) -> Result<(), StoreError> {
-        merge_small(s);
-        if s.memory.is_empty() {
-            return Ok(());
+    /// Freezes memory and rotates the log, under the lock: no disk work
+    /// but creating the new segment.
+    fn begin_flush(&self) -> Result<Option<FlushJob>, StoreError> {
+        let mut s = self.lock();
+        s.check_alive()?;
+        s.flush_requested = false;
+        s.mem.merge_small();
+        if s.mem.batches.is_empty() && s.frozen.is_empty() {
+            return Ok(None);
         }
-        let batches: Vec<RecordBatch> = s.memory.iter().map(|m| m.batch.clone()).collect();
-        let all = concat_batches(&flows_schema(), &batches).map_err(|e| StoreError::Parquet {
-            path: self.inner.config.dir.clone(),
-            message: e.to_string(),
-        })?;
+        let through = s.next_seq - 1;
+        // An empty segment (nothing appended since the last rotation or the
+        // open) has nothing to seal, and its name is the next one's.
+        if !s.wal.is_empty() {
+            let next = segment_path(&self.inner.config.dir, s.next_seq);
+            let (fresh, _, _) = Wal::open(&next)?;
+            sync_dir(&self.inner.config.dir.join("log"))?;
+            let old = std::mem::replace(&mut s.wal, fresh);
+            let bytes = old.bytes();
+            s.sealed.push(Sealed {
+                path: old.path().to_path_buf(),
+                bytes,
+            });
+        }
+        let mem = std::mem::take(&mut s.mem);
+        s.frozen.extend(mem.batches);
+        s.frozen_rows += mem.rows;
+        s.flushing = true;
+        Ok(Some(FlushJob {
+            batches: s.frozen.iter().map(|m| m.batch.clone()).collect(),
+            through,
+            files: s.files.clone(),
+            delivered: s.delivered.clone(),
+            generation: s.generation,
+            sealed: s.sealed.len(),
+        }))
+    }
+
+    /// The Parquet files, then the manifest naming them. No lock held.
+    fn write_flush(&self, job: &FlushJob) -> Result<Vec<PartFile>, StoreError> {
+        let dir = &self.inner.config.dir;
+        let all =
+            concat_batches(&flows_schema(), &job.batches).map_err(|e| StoreError::Parquet {
+                path: dir.clone(),
+                message: e.to_string(),
+            })?;
         let width = self.inner.config.partition.as_nanos().max(1) as i64;
-        let last_seq = s.next_seq - 1;
-        let times = all
-            .column(0)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::TimestampNanosecondArray>()
-            .expect("time column");
-        let mut partitions: std::collections::BTreeMap<i64, Vec<u32>> = Default::default();
-        for (i, t) in times.values().iter().enumerate() {
-            partitions
-                .entry(t.div_euclid(width) * width)
-                .or_default()
-                .push(i as u32);
-        }
-        let single = partitions.len() == 1;
-        for (start, idx) in partitions {
-            // Usually every row is in one partition: no copy needed.
-            let part = if single {
-                all.clone()
-            } else {
-                let take = datafusion::arrow::array::UInt32Array::from(idx);
-                datafusion::arrow::compute::take_record_batch(&all, &take).map_err(|e| {
-                    StoreError::Parquet {
-                        path: self.inner.config.dir.clone(),
-                        message: e.to_string(),
-                    }
-                })?
-            };
-            let dir = self.inner.config.dir.join("flows").join(start.to_string());
-            std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-            let path = dir.join(format!("{last_seq:020}.parquet"));
+        let mut written = Vec::new();
+        for (i, (start, part)) in split_partitions(&all, width)?.into_iter().enumerate() {
+            self.failpoint(FlushPoint::BeforeFile(i))?;
+            let part_dir = dir.join("flows").join(start.to_string());
+            std::fs::create_dir_all(&part_dir).map_err(io_err("creating", &part_dir))?;
+            let path = part_dir.join(format!("{:020}.parquet", job.through));
             let bytes = write_parquet(&path, &part)?;
-            s.files.push(PartFile {
+            written.push(PartFile {
                 path,
                 partition_start_ns: start,
-                last_seq,
                 bytes,
                 rows: part.num_rows() as u64,
             });
+            self.failpoint(FlushPoint::AfterFile(i))?;
         }
-        s.memory.clear();
-        s.memory_rows = 0;
-        s.wal.reset()?;
-        Ok(())
+        self.failpoint(FlushPoint::BeforeManifest)?;
+        let files: Vec<PartFile> = job.files.iter().chain(&written).cloned().collect();
+        Manifest {
+            generation: job.generation + 1,
+            flushed_through: job.through,
+            files: entries(dir, &files),
+            delivered: job.delivered.clone(),
+        }
+        .write(dir)?;
+        self.failpoint(FlushPoint::AfterManifest)?;
+        Ok(written)
+    }
+
+    /// Swaps the files in for the frozen batches, then trims the log.
+    fn end_flush(
+        &self,
+        job: FlushJob,
+        result: Result<Vec<PartFile>, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        s.flushing = false;
+        let written = match result {
+            Ok(written) => written,
+            Err(e) => {
+                // The frozen rows stay queried and logged: the next flush
+                // takes them again.
+                s.flush_error = Some(e.to_string());
+                drop(s);
+                self.inner.flushed.notify_all();
+                return Err(e);
+            }
+        };
+        s.files.extend(written);
+        s.frozen.clear();
+        s.frozen_rows = 0;
+        s.generation = job.generation + 1;
+        s.flushed_through = job.through;
+        s.flush_error = None;
+        let trimmed: Vec<Sealed> = s.sealed.drain(..job.sealed).collect();
+        drop(s);
+        self.inner.flushed.notify_all();
+        self.failpoint(FlushPoint::BeforeTrim)?;
+        for segment in &trimmed {
+            std::fs::remove_file(&segment.path).map_err(io_err("removing", &segment.path))?;
+        }
+        self.failpoint(FlushPoint::AfterTrim)
     }
 
     /// Deletes partitions older than the retention, then the oldest ones
-    /// while the files exceed the size limit.
+    /// while the files exceed the size limit. The manifest drops them
+    /// before their files go.
     pub fn enforce_retention(&self, now_ns: i64) -> Result<RetentionReport, StoreError> {
         let cfg = &self.inner.config;
-        let mut s = self.inner.state.lock().unwrap();
-        let width = cfg.partition.as_nanos() as i64;
-        let horizon = now_ns - cfg.retention.as_nanos() as i64;
-        let mut starts: Vec<i64> = s.files.iter().map(|f| f.partition_start_ns).collect();
-        starts.sort();
-        starts.dedup();
-        let mut total: u64 = s.files.iter().map(|f| f.bytes).sum();
-        let mut report = RetentionReport::default();
-        for start in starts {
-            let too_old = start + width <= horizon;
-            let too_big = cfg.max_size_bytes.is_some_and(|max| total > max);
-            if !too_old && !too_big {
-                break;
+        let _writer = cfg_lock(&self.inner.manifest_writer);
+        let (doomed, manifest, report) = {
+            let s = self.lock();
+            s.check_alive()?;
+            let (doomed, report) = doomed_partitions(cfg, &s.files, now_ns);
+            if doomed.is_empty() {
+                return Ok(report);
             }
-            let bytes: u64 = s
+            let kept: Vec<PartFile> = s
                 .files
                 .iter()
-                .filter(|f| f.partition_start_ns == start)
-                .map(|f| f.bytes)
-                .sum();
+                .filter(|f| !doomed.contains(&f.partition_start_ns))
+                .cloned()
+                .collect();
+            let manifest = Manifest {
+                generation: s.generation + 1,
+                flushed_through: s.flushed_through,
+                files: entries(&cfg.dir, &kept),
+                delivered: s.delivered.clone(),
+            };
+            (doomed, manifest, report)
+        };
+        manifest.write(&cfg.dir)?;
+        {
+            let mut s = self.lock();
+            s.generation = manifest.generation;
+            s.files.retain(|f| !doomed.contains(&f.partition_start_ns));
+        }
+        for start in doomed {
             let dir = cfg.dir.join("flows").join(start.to_string());
             std::fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))?;
-            s.files.retain(|f| f.partition_start_ns != start);
-            total -= bytes;
-            report.removed_partitions += 1;
-            report.removed_bytes += bytes;
         }
         Ok(report)
     }
 
     pub fn stats(&self) -> StoreStats {
-        let s = self.inner.state.lock().unwrap();
+        let s = self.lock();
         let mut parts: Vec<i64> = s.files.iter().map(|f| f.partition_start_ns).collect();
         parts.sort();
         parts.dedup();
+        let batch_bytes = |b: &RecordBatch| b.get_array_memory_size() as u64;
         StoreStats {
-            memory_rows: s.memory_rows as u64,
+            memory_rows: (s.mem.rows + s.frozen_rows) as u64,
             memory_bytes: s
-                .memory
+                .mem
+                .batches
                 .iter()
-                .map(|m| m.batch.get_array_memory_size() as u64)
+                .chain(&s.frozen)
+                .map(|m| batch_bytes(&m.batch))
                 .sum::<u64>()
-                + s.small
-                    .iter()
-                    .map(|b| b.get_array_memory_size() as u64)
-                    .sum::<u64>(),
+                + s.mem.small.iter().map(batch_bytes).sum::<u64>(),
             disk_rows: s.files.iter().map(|f| f.rows).sum(),
             disk_bytes: s.files.iter().map(|f| f.bytes).sum(),
             partitions: parts.len() as u64,
             files: s.files.len() as u64,
-            wal_bytes: s.wal.bytes(),
+            wal_bytes: s.wal.bytes() + s.sealed.iter().map(|x| x.bytes).sum::<u64>(),
         }
     }
 
@@ -332,12 +639,14 @@ impl FlowStore {
     /// What a query reads: memory batches and Parquet files overlapping
     /// `[lo, hi]` (inclusive, ns).
     pub(crate) fn snapshot(&self, lo: i64, hi: i64) -> (Vec<RecordBatch>, Vec<PathBuf>) {
-        let mut s = self.inner.state.lock().unwrap();
-        merge_small(&mut s);
+        let mut s = self.lock();
+        s.mem.merge_small();
         let width = self.partition_width_ns();
         let mem = s
-            .memory
+            .mem
+            .batches
             .iter()
+            .chain(&s.frozen)
             .filter(|m| m.max_ns >= lo && m.min_ns <= hi)
             .map(|m| m.batch.clone())
             .collect();
@@ -351,33 +660,271 @@ impl FlowStore {
     }
 }
 
-fn push_memory(s: &mut State, batch: RecordBatch) {
-    s.memory_rows += batch.num_rows();
-    s.small.push(batch);
-    if s.small.iter().map(|b| b.num_rows()).sum::<usize>() >= MERGE_ROWS {
-        merge_small(s);
-    }
+fn cfg_lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Many small appends become one batch: fewer, larger batches scan faster.
-fn merge_small(s: &mut State) {
-    if s.small.is_empty() {
-        return;
+/// Partitions to delete: too old, then the oldest while too big.
+fn doomed_partitions(
+    cfg: &StoreConfig,
+    files: &[PartFile],
+    now_ns: i64,
+) -> (Vec<i64>, RetentionReport) {
+    let width = cfg.partition.as_nanos() as i64;
+    let horizon = now_ns - cfg.retention.as_nanos() as i64;
+    let mut starts: Vec<i64> = files.iter().map(|f| f.partition_start_ns).collect();
+    starts.sort();
+    starts.dedup();
+    let mut total: u64 = files.iter().map(|f| f.bytes).sum();
+    let mut report = RetentionReport::default();
+    let mut doomed = Vec::new();
+    for start in starts {
+        let too_old = start + width <= horizon;
+        let too_big = cfg.max_size_bytes.is_some_and(|max| total > max);
+        if !too_old && !too_big {
+            break;
+        }
+        let bytes: u64 = files
+            .iter()
+            .filter(|f| f.partition_start_ns == start)
+            .map(|f| f.bytes)
+            .sum();
+        doomed.push(start);
+        total -= bytes;
+        report.removed_partitions += 1;
+        report.removed_bytes += bytes;
     }
-    let small = std::mem::take(&mut s.small);
-    let batch = concat_batches(&flows_schema(), &small).expect("same schema");
-    let times = batch
+    (doomed, report)
+}
+
+/// The background flusher: flushes when woken, until the store is gone.
+fn spawn_flusher(store: Weak<Inner>, wakes: Receiver<()>) -> Result<(), StoreError> {
+    std::thread::Builder::new()
+        .name("flowgate-flush".into())
+        .spawn(move || {
+            while wakes.recv().is_ok() {
+                let Some(inner) = store.upgrade() else { return };
+                let store = FlowStore { inner };
+                if let Err(e) = store.flush() {
+                    if matches!(e, StoreError::Crashed { .. }) {
+                        return;
+                    }
+                    tracing::error!(error = %e, "flushing the store to Parquet failed; retrying");
+                    drop(store);
+                    std::thread::sleep(FLUSH_RETRY);
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(io_err("starting the flush thread for", Path::new("flows")))
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join("log").join(format!("{first_seq:020}.wal"))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing", dir))
+}
+
+/// Replays every log segment (oldest first; a `wal` file from before
+/// segments first of all): records past `flushed_through` go to memory,
+/// every record's origin to `delivered`. Segments left with nothing to
+/// replay are deleted (a trim the crash interrupted); the others stay
+/// sealed until the next flush. Returns them and the next log sequence.
+fn replay_log(
+    dir: &Path,
+    flushed_through: u64,
+    delivered: &mut Delivered,
+    mem: &mut Memory,
+) -> Result<(Vec<Sealed>, u64), StoreError> {
+    let log = dir.join("log");
+    let mut segments: Vec<PathBuf> = Vec::new();
+    let legacy = dir.join("wal");
+    if legacy.is_file() {
+        segments.push(legacy);
+    }
+    let mut named: Vec<PathBuf> = std::fs::read_dir(&log)
+        .map_err(io_err("listing", &log))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    named.sort();
+    segments.extend(named);
+    let mut sealed = Vec::new();
+    let mut next_seq = flushed_through + 1;
+    for path in segments {
+        let (wal, records, _torn) = Wal::open(&path)?;
+        let mut live = false;
+        for r in records {
+            next_seq = next_seq.max(r.seq + 1);
+            if let Some((probe, sequence)) = &r.origin {
+                delivered.insert(probe, *sequence);
+            }
+            if r.seq <= flushed_through {
+                continue; // already in Parquet
+            }
+            live = true;
+            if r.batch.num_rows() > 0 {
+                mem.push(r.batch);
+            }
+        }
+        if live {
+            sealed.push(Sealed {
+                bytes: wal.bytes(),
+                path,
+            });
+        } else {
+            drop(wal);
+            std::fs::remove_file(&path).map_err(io_err("removing", &path))?;
+        }
+    }
+    if mem.rows > 0 {
+        tracing::info!(rows = mem.rows, "replayed the write-ahead log");
+    }
+    Ok((sealed, next_seq))
+}
+
+/// A store without a manifest: new, or written before manifests, when a
+/// file's name was the last log sequence it held. Its files are taken as
+/// they are and a first manifest is written.
+fn adopt_unlisted_store(dir: &Path) -> Result<Manifest, StoreError> {
+    let found = scan_files(&dir.join("flows"))?;
+    let manifest = Manifest {
+        generation: 1,
+        flushed_through: found.iter().map(|(_, seq)| *seq).max().unwrap_or(0),
+        files: entries(dir, &found.into_iter().map(|(f, _)| f).collect::<Vec<_>>()),
+        delivered: Delivered::default(),
+    };
+    manifest.write(dir)?;
+    Ok(manifest)
+}
+
+fn entries(dir: &Path, files: &[PartFile]) -> Vec<FileEntry> {
+    files
+        .iter()
+        .map(|f| FileEntry {
+            path: f
+                .path
+                .strip_prefix(dir)
+                .unwrap_or(&f.path)
+                .to_string_lossy()
+                .into_owned(),
+            partition_start_ns: f.partition_start_ns,
+            rows: f.rows,
+            bytes: f.bytes,
+        })
+        .collect()
+}
+
+/// The manifest's files; one missing on disk is reported and left out.
+fn listed_files(dir: &Path, manifest: &Manifest) -> Result<Vec<PartFile>, StoreError> {
+    let mut out = Vec::with_capacity(manifest.files.len());
+    for f in &manifest.files {
+        let path = dir.join(&f.path);
+        if !path.is_file() {
+            tracing::error!(path = %path.display(), rows = f.rows, "a Parquet file of the store is missing: its rows are lost");
+            continue;
+        }
+        out.push(PartFile {
+            path,
+            partition_start_ns: f.partition_start_ns,
+            bytes: f.bytes,
+            rows: f.rows,
+        });
+    }
+    Ok(out)
+}
+
+/// Removes what a flush that never reached its manifest left behind.
+fn remove_unlisted(flows: &Path, files: &[PartFile]) -> Result<(), StoreError> {
+    let listed: std::collections::HashSet<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+    for part in std::fs::read_dir(flows).map_err(io_err("listing", flows))? {
+        let part = part.map_err(io_err("listing", flows))?.path();
+        if !part.is_dir() {
+            continue;
+        }
+        let mut kept = 0;
+        for f in std::fs::read_dir(&part).map_err(io_err("listing", &part))? {
+            let path = f.map_err(io_err("listing", &part))?.path();
+            if listed.contains(path.as_path()) {
+                kept += 1;
+                continue;
+            }
+            tracing::info!(path = %path.display(), "removing a file no manifest names (an unfinished flush)");
+            std::fs::remove_file(&path).map_err(io_err("removing", &path))?;
+        }
+        if kept == 0 {
+            std::fs::remove_dir(&part).map_err(io_err("removing", &part))?;
+        }
+    }
+    Ok(())
+}
+
+/// The rows of `all` by time partition (start ns), in time order.
+fn split_partitions(all: &RecordBatch, width: i64) -> Result<Vec<(i64, RecordBatch)>, StoreError> {
+    let times = all
         .column(0)
         .as_any()
         .downcast_ref::<datafusion::arrow::array::TimestampNanosecondArray>()
         .expect("time column");
-    let min_ns = times.values().iter().copied().min().unwrap_or(0);
-    let max_ns = times.values().iter().copied().max().unwrap_or(0);
-    s.memory.push(MemBatch {
-        batch,
-        min_ns,
-        max_ns,
-    });
+    let mut partitions: std::collections::BTreeMap<i64, Vec<u32>> = Default::default();
+    for (i, t) in times.values().iter().enumerate() {
+        partitions
+            .entry(t.div_euclid(width) * width)
+            .or_default()
+            .push(i as u32);
+    }
+    if partitions.len() == 1 {
+        // Usually every row is in one partition: no copy needed.
+        let start = *partitions.keys().next().expect("one partition");
+        return Ok(vec![(start, all.clone())]);
+    }
+    partitions
+        .into_iter()
+        .map(|(start, idx)| {
+            let take = datafusion::arrow::array::UInt32Array::from(idx);
+            datafusion::arrow::compute::take_record_batch(all, &take)
+                .map(|b| (start, b))
+                .map_err(|e| StoreError::Parquet {
+                    path: PathBuf::from("flows"),
+                    message: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+impl Memory {
+    fn push(&mut self, batch: RecordBatch) {
+        self.rows += batch.num_rows();
+        self.small.push(batch);
+        if self.small.iter().map(|b| b.num_rows()).sum::<usize>() >= MERGE_ROWS {
+            self.merge_small();
+        }
+    }
+
+    /// Many small appends become one batch: fewer, larger batches scan faster.
+    fn merge_small(&mut self) {
+        if self.small.is_empty() {
+            return;
+        }
+        let small = std::mem::take(&mut self.small);
+        let batch = concat_batches(&flows_schema(), &small).expect("same schema");
+        let times = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::TimestampNanosecondArray>()
+            .expect("time column");
+        let min_ns = times.values().iter().copied().min().unwrap_or(0);
+        let max_ns = times.values().iter().copied().max().unwrap_or(0);
+        self.batches.push(MemBatch {
+            batch,
+            min_ns,
+            max_ns,
+        });
+    }
 }
 
 fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<u64, StoreError> {
@@ -397,16 +944,16 @@ fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<u64, StoreError> {
     file.sync_all().map_err(io_err("syncing", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err("renaming", &tmp))?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("syncing", dir))?;
+        sync_dir(dir)?;
     }
     Ok(std::fs::metadata(path)
         .map_err(io_err("reading", path))?
         .len())
 }
 
-fn scan_files(flows: &Path) -> Result<Vec<PartFile>, StoreError> {
+/// Files of a store from before manifests, named by the last log
+/// sequence they hold.
+fn scan_files(flows: &Path) -> Result<Vec<(PartFile, u64)>, StoreError> {
     let mut out = Vec::new();
     for part in std::fs::read_dir(flows).map_err(io_err("listing", flows))? {
         let part = part.map_err(io_err("listing", flows))?.path();
@@ -419,20 +966,13 @@ fn scan_files(flows: &Path) -> Result<Vec<PartFile>, StoreError> {
         };
         for f in std::fs::read_dir(&part).map_err(io_err("listing", &part))? {
             let path = f.map_err(io_err("listing", &part))?.path();
-            let name = path
+            let Some(last_seq) = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if name.ends_with(".parquet.tmp") {
-                // A flush that crashed before its rename: the log still has it.
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            let Some(last_seq) = name
-                .strip_suffix(".parquet")
+                .and_then(|n| n.strip_suffix(".parquet"))
                 .and_then(|n| n.parse::<u64>().ok())
             else {
-                continue;
+                continue; // a .tmp of a crashed flush: removed as unlisted
             };
             let bytes = std::fs::metadata(&path)
                 .map_err(io_err("reading", &path))?
@@ -448,13 +988,15 @@ fn scan_files(flows: &Path) -> Result<Vec<PartFile>, StoreError> {
             )
             .file_metadata()
             .num_rows() as u64;
-            out.push(PartFile {
-                path,
-                partition_start_ns: start,
+            out.push((
+                PartFile {
+                    path,
+                    partition_start_ns: start,
+                    bytes,
+                    rows,
+                },
                 last_seq,
-                bytes,
-                rows,
-            });
+            ));
         }
     }
     Ok(out)

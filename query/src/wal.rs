@@ -1,9 +1,15 @@
 //! The write-ahead log: what `append` made durable and Parquet does not
 //! hold yet.
 //!
-//! File layout: a header (`FGWAL` magic, format version u16, 3 reserved
-//! bytes), then records of `[len u32 LE][crc32 u32 LE][seq u64 LE][payload]`
-//! where `len` counts the seq and payload and the CRC covers them too. The
+//! The log is a series of segment files (the store rotates to a new one
+//! when a flush starts, and deletes the old ones once the manifest says
+//! their records are in Parquet). A segment's layout: a header (`FGWAL`
+//! magic, format version u16, 3 reserved bytes), then records of
+//! `[len u32 LE][crc32 u32 LE][seq u64 LE][origin][payload]` where `len`
+//! counts everything after the CRC and the CRC covers it too. The origin
+//! (version 2) is the batch's sender: a u16 length-prefixed probe id (empty
+//! for rows without one) and its u64 sequence, so that which batches are
+//! stored survives a crash with them; version 1 records have no origin. The
 //! payload is the appended rows as an Arrow IPC stream (compact, and cheap
 //! to write on the ingest path). A torn tail (crash mid-write) ends the
 //! replay at the last whole record and is cut off.
@@ -17,15 +23,18 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 
 const MAGIC: &[u8; 5] = b"FGWAL";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
+/// Version 1 logs (no origin) are still read, so an upgrade keeps them.
+const VERSION_WITHOUT_ORIGIN: u16 = 1;
 const HEADER: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
-    #[error("write-ahead log {path}: {op}: {source}")]
+    #[error("write-ahead log {path}: {op}")]
     Io {
         op: &'static str,
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("{path} is not a flowgate write-ahead log (bad magic)")]
@@ -38,6 +47,8 @@ pub enum WalError {
 #[derive(Debug)]
 pub struct Record {
     pub seq: u64,
+    /// The probe and its batch sequence, when the rows came in one.
+    pub origin: Option<(String, u64)>,
     pub batch: RecordBatch,
 }
 
@@ -91,13 +102,13 @@ impl Wal {
             });
         }
         let found = u16::from_le_bytes([data[5], data[6]]);
-        if found != VERSION {
+        if found != VERSION && found != VERSION_WITHOUT_ORIGIN {
             return Err(WalError::Version {
                 path: path.to_path_buf(),
                 found,
             });
         }
-        let (records, good) = decode(&data[HEADER..]);
+        let (records, good) = decode(&data[HEADER..], found == VERSION);
         let good = (HEADER + good) as u64;
         let torn = data.len() as u64 - good;
         if torn > 0 {
@@ -117,9 +128,23 @@ impl Wal {
     }
 
     /// Appends one record and syncs it to disk.
-    pub fn append(&mut self, seq: u64, batch: &RecordBatch) -> Result<(), WalError> {
+    pub fn append(
+        &mut self,
+        seq: u64,
+        origin: Option<(&str, u64)>,
+        batch: &RecordBatch,
+    ) -> Result<(), WalError> {
         let mut body = Vec::with_capacity(8 + batch.get_array_memory_size());
         body.extend_from_slice(&seq.to_le_bytes());
+        let (probe, probe_seq) = origin.unwrap_or(("", 0));
+        // Probe ids are short (the ingest refuses long ones); cut, never panic.
+        let mut n = probe.len().min(u16::MAX as usize);
+        while !probe.is_char_boundary(n) {
+            n -= 1;
+        }
+        body.extend_from_slice(&(n as u16).to_le_bytes());
+        body.extend_from_slice(&probe.as_bytes()[..n]);
+        body.extend_from_slice(&probe_seq.to_le_bytes());
         {
             let mut w =
                 StreamWriter::try_new(&mut body, &batch.schema()).expect("IPC writer on a Vec");
@@ -138,17 +163,13 @@ impl Wal {
         Ok(())
     }
 
-    /// Empties the log once its records are in Parquet.
-    pub fn reset(&mut self) -> Result<(), WalError> {
-        self.file
-            .set_len(HEADER as u64)
-            .map_err(io("truncate", &self.path))?;
-        self.file
-            .seek(SeekFrom::End(0))
-            .map_err(io("seek", &self.path))?;
-        self.file.sync_all().map_err(io("sync", &self.path))?;
-        self.bytes = HEADER as u64;
-        Ok(())
+    /// Whether the log holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == HEADER as u64
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn bytes(&self) -> u64 {
@@ -157,7 +178,7 @@ impl Wal {
 }
 
 /// Whole records from the start of `data`, and how many bytes they span.
-fn decode(data: &[u8]) -> (Vec<Record>, usize) {
+fn decode(data: &[u8], with_origin: bool) -> (Vec<Record>, usize) {
     let mut out = Vec::new();
     let mut pos = 0;
     while data.len() - pos >= 8 {
@@ -170,15 +191,34 @@ fn decode(data: &[u8]) -> (Vec<Record>, usize) {
             break;
         }
         let seq = u64::from_le_bytes(body[..8].try_into().unwrap());
-        let Some(batch) = StreamReader::try_new(&body[8..], None)
+        let (origin, payload) = if with_origin {
+            match split_origin(&body[8..]) {
+                Some(split) => split,
+                None => break,
+            }
+        } else {
+            (None, &body[8..])
+        };
+        let Some(batch) = StreamReader::try_new(payload, None)
             .ok()
             .and_then(|mut r| r.next())
             .and_then(Result::ok)
         else {
             break;
         };
-        out.push(Record { seq, batch });
+        out.push(Record { seq, origin, batch });
         pos += 8 + len;
     }
     (out, pos)
+}
+
+type Origin = Option<(String, u64)>;
+
+/// The origin at the start of a version 2 record body, and the payload.
+fn split_origin(body: &[u8]) -> Option<(Origin, &[u8])> {
+    let n = u16::from_le_bytes(body.get(..2)?.try_into().ok()?) as usize;
+    let probe = std::str::from_utf8(body.get(2..2 + n)?).ok()?;
+    let seq = u64::from_le_bytes(body.get(2 + n..10 + n)?.try_into().ok()?);
+    let origin = (!probe.is_empty()).then(|| (probe.to_owned(), seq));
+    Some((origin, &body[10 + n..]))
 }

@@ -1,11 +1,16 @@
 //! Durability: what `append` returned for survives restarts and crashes,
-//! exactly once; retention removes whole partitions.
+//! exactly once, at every step of a flush (failpoints); a batch resent by
+//! its probe is stored once; retention removes whole partitions.
 
 mod support;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flowgate_query::{FlowRow, FlowStore, StoreConfig};
+use flowgate_query::{
+    Appended, FlowRow, FlowStore, FlushPoint, QueryEngine, QueryLimits, StoreConfig, StoreError,
+};
 use support::{HOUR_NS, fixture_rows};
 
 fn config(dir: &std::path::Path) -> StoreConfig {
@@ -18,6 +23,28 @@ fn config(dir: &std::path::Path) -> StoreConfig {
 fn count(store: &FlowStore) -> u64 {
     let s = store.stats();
     s.memory_rows + s.disk_rows
+}
+
+/// The log segment appends go to (the newest).
+fn last_segment(dir: &Path) -> PathBuf {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    segments.pop().expect("a log segment")
+}
+
+/// Every file under `flows/`.
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for part in std::fs::read_dir(dir.join("flows")).unwrap() {
+        for f in std::fs::read_dir(part.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
 }
 
 #[test]
@@ -43,7 +70,7 @@ fn a_torn_log_tail_is_cut_and_whole_records_kept() {
     store.append(&rows[2..]).unwrap();
     drop(store);
     // A crash in the middle of the last record.
-    let wal = dir.path().join("wal");
+    let wal = last_segment(dir.path());
     let len = std::fs::metadata(&wal).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -71,11 +98,12 @@ fn a_log_from_another_program_is_refused_by_name() {
 }
 
 #[test]
-fn flush_writes_time_partitions_and_a_crash_before_the_log_reset_counts_once() {
+fn flush_writes_time_partitions_and_a_stale_log_is_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let store = FlowStore::open(config(dir.path())).unwrap();
     store.append(&fixture_rows()).unwrap();
-    let wal_before = std::fs::read(dir.path().join("wal")).unwrap();
+    let segment = last_segment(dir.path());
+    let wal_before = std::fs::read(&segment).unwrap();
     store.flush().unwrap();
     let s = store.stats();
     assert_eq!(
@@ -83,16 +111,18 @@ fn flush_writes_time_partitions_and_a_crash_before_the_log_reset_counts_once() {
         (0, 6, 3),
         "rows span three hours"
     );
+    assert!(!segment.exists(), "the flushed log segment is deleted");
     drop(store);
-    // Simulate a crash after the Parquet files were written but before the
-    // log was emptied: the old log comes back.
-    std::fs::write(dir.path().join("wal"), wal_before).unwrap();
+    // The old segment comes back (a trim that never reached the disk):
+    // the manifest says its records are in Parquet.
+    std::fs::write(&segment, wal_before).unwrap();
     let store = FlowStore::open(config(dir.path())).unwrap();
     assert_eq!(
         (store.stats().memory_rows, store.stats().disk_rows),
         (0, 6),
         "no row twice"
     );
+    assert!(!segment.exists(), "the stale segment is removed on open");
 }
 
 #[test]
@@ -107,6 +137,8 @@ fn memory_full_flushes_by_itself() {
     store.append(&rows[..3]).unwrap();
     assert_eq!(store.stats().disk_rows, 0);
     store.append(&rows[3..]).unwrap();
+    // The flush runs in the background; appends do not wait for it.
+    store.wait_idle();
     assert_eq!((store.stats().memory_rows, store.stats().disk_rows), (0, 6));
 }
 
@@ -145,46 +177,215 @@ fn retention_drops_old_partitions_then_oldest_while_too_big() {
     assert_eq!(store.stats().disk_bytes, 0);
 }
 
-/// Random appends, flushes and "crashes" (drop without flush, sometimes a
-/// torn tail): after every reopen the store holds exactly the acknowledged rows.
-#[test]
-fn randomized_append_crash_reopen_model() {
+/// Rows of batch `seq` of a probe: `n` copies of the fixture rows with
+/// `src_port` = `seq`, so that a query can count each batch's rows.
+fn batch_rows(seq: u64, n: usize) -> Vec<FlowRow> {
+    fixture_rows()
+        .into_iter()
+        .cycle()
+        .take(n)
+        .map(|mut r| {
+            r.src_port = seq as u16;
+            r
+        })
+        .collect()
+}
+
+fn append_from(store: &FlowStore, probe: &str, seq: u64, n: usize) -> Result<Appended, StoreError> {
+    store.append_from(probe, seq, flowgate_query::to_batch(&batch_rows(seq, n)))
+}
+
+/// Rows per `src_port` (= batch sequence), through SQL.
+fn rows_per_batch(store: &FlowStore) -> BTreeMap<u64, u64> {
+    let engine = QueryEngine::new(store.clone(), QueryLimits::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let v = rt
+        .block_on(engine.sql("SELECT src_port, count(*) AS n FROM flows GROUP BY src_port"))
+        .unwrap()
+        .to_json();
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["src_port"].as_u64().unwrap(), r["n"].as_u64().unwrap()))
+        .collect()
+}
+
+/// A flush spanning three partitions stops at `point` as if the process
+/// died there. After reopening, every acknowledged row is there once, no
+/// file the manifest does not name is left, and resending every batch
+/// stores nothing.
+fn crash_during_flush_at(point: FlushPoint) {
     let dir = tempfile::tempdir().unwrap();
-    let rows = fixture_rows();
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    // An earlier flush: the store has files and a manifest already.
+    assert_eq!(append_from(&store, "p", 1, 6).unwrap(), Appended::Stored);
+    store.flush().unwrap();
+    assert_eq!(append_from(&store, "p", 2, 6).unwrap(), Appended::Stored);
+    assert_eq!(append_from(&store, "q", 1, 3).unwrap(), Appended::Stored);
+    store.set_failpoint(Some(point));
+    let err = store.flush().unwrap_err();
+    assert!(matches!(err, StoreError::Crashed { .. }), "{err}");
+    assert!(
+        append_from(&store, "p", 3, 1).is_err(),
+        "a crashed store takes nothing"
+    );
+    drop(store);
+
+    let expected = BTreeMap::from([(1, 9), (2, 6)]); // src_port 1 from p/1 and q/1
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    assert_eq!(count(&store), 15, "{point:?}");
+    assert_eq!(rows_per_batch(&store), expected, "{point:?}");
+    assert_eq!(
+        parquet_files(dir.path()).len() as u64,
+        store.stats().files,
+        "{point:?}: only the manifest's files are left"
+    );
+    for (probe, seq) in [("p", 1), ("p", 2), ("q", 1)] {
+        assert_eq!(
+            append_from(&store, probe, seq, 6).unwrap(),
+            Appended::Duplicate,
+            "{point:?}: {probe}/{seq} resent"
+        );
+    }
+    // The interrupted flush completes on the next one, and survives too.
+    store.flush().unwrap();
+    drop(store);
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    assert_eq!(rows_per_batch(&store), expected, "{point:?}");
+    assert_eq!(store.stats().memory_rows, 0);
+    assert_eq!(append_from(&store, "p", 2, 6).unwrap(), Appended::Duplicate);
+    assert_eq!(append_from(&store, "p", 3, 1).unwrap(), Appended::Stored);
+}
+
+macro_rules! crash_tests {
+    ($($name:ident: $point:expr,)*) => {$(
+        #[test]
+        fn $name() {
+            crash_during_flush_at($point);
+        }
+    )*};
+}
+
+crash_tests! {
+    crash_before_the_first_file: FlushPoint::BeforeFile(0),
+    crash_after_the_first_file: FlushPoint::AfterFile(0),
+    crash_before_the_second_file: FlushPoint::BeforeFile(1),
+    crash_after_the_second_file: FlushPoint::AfterFile(1),
+    crash_before_the_last_file: FlushPoint::BeforeFile(2),
+    crash_after_the_last_file: FlushPoint::AfterFile(2),
+    crash_before_the_manifest: FlushPoint::BeforeManifest,
+    crash_after_the_manifest: FlushPoint::AfterManifest,
+    crash_before_the_log_trim: FlushPoint::BeforeTrim,
+    crash_after_the_log_trim: FlushPoint::AfterTrim,
+}
+
+#[test]
+fn a_resent_batch_is_a_duplicate_in_memory_in_parquet_and_after_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    // Out of order within a window, with a gap (a batch the probe dropped).
+    for seq in [2, 1, 4] {
+        assert_eq!(append_from(&store, "p", seq, 2).unwrap(), Appended::Stored);
+    }
+    assert!(store.holds("p", 1) && !store.holds("p", 3) && !store.holds("other", 1));
+    assert_eq!(append_from(&store, "p", 1, 2).unwrap(), Appended::Duplicate);
+    assert_eq!(
+        append_from(&store, "other", 1, 2).unwrap(),
+        Appended::Stored
+    );
+    drop(store); // from the log alone
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    assert_eq!(append_from(&store, "p", 4, 2).unwrap(), Appended::Duplicate);
+    store.flush().unwrap();
+    drop(store); // from the manifest alone
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    assert_eq!(append_from(&store, "p", 2, 2).unwrap(), Appended::Duplicate);
+    assert_eq!(append_from(&store, "p", 3, 2).unwrap(), Appended::Stored);
+    assert_eq!(count(&store), 10);
+}
+
+/// Random appends from two probes, resends, flushes, crashes (plain, with
+/// a torn log tail, or at a random failpoint of a flush): after every step
+/// every acknowledged batch is in the store exactly once, and a resent
+/// acknowledged batch is answered Duplicate.
+#[test]
+fn randomized_append_flush_crash_resend_model() {
+    let dir = tempfile::tempdir().unwrap();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rnd = |n: u64| {
+    let mut rnd = move |n: u64| {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         seed % n
     };
-    let mut acknowledged = 0u64;
+    let points = |i: u64| match i {
+        0..=2 => FlushPoint::BeforeFile(i as usize),
+        3..=5 => FlushPoint::AfterFile(i as usize - 3),
+        6 => FlushPoint::BeforeManifest,
+        7 => FlushPoint::AfterManifest,
+        8 => FlushPoint::BeforeTrim,
+        _ => FlushPoint::AfterTrim,
+    };
+    // Batch sequences are src_ports: probe "a" uses odd, "b" even ones.
+    let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut next = [1u64, 2u64];
     let mut store = FlowStore::open(config(dir.path())).unwrap();
-    for step in 0..200 {
-        match rnd(10) {
-            0..=5 => {
+    for step in 0..300 {
+        let mut reopen = false;
+        match rnd(12) {
+            0..=4 => {
+                let p = rnd(2) as usize;
+                let seq = next[p];
+                next[p] += 2;
                 let n = 1 + rnd(6) as usize;
-                let batch: Vec<FlowRow> = rows.iter().cycle().take(n).cloned().collect();
-                store.append(&batch).unwrap();
-                acknowledged += n as u64;
+                let probe = ["a", "b"][p];
+                assert_eq!(
+                    append_from(&store, probe, seq, n).unwrap(),
+                    Appended::Stored
+                );
+                acked.insert(seq, n as u64);
             }
-            6 => store.flush().unwrap(),
-            7 => {
-                drop(store);
+            5 | 6 => {
+                if let Some((&seq, _)) = acked.iter().nth(rnd(acked.len() as u64 + 1) as usize) {
+                    let probe = ["b", "a"][(seq % 2) as usize];
+                    let again = append_from(&store, probe, seq, 3).unwrap();
+                    assert_eq!(again, Appended::Duplicate, "step {step}: {probe}/{seq}");
+                }
+            }
+            7 => store.flush().unwrap(),
+            8 => {
+                store.set_failpoint(Some(points(rnd(10))));
+                // A flush with nothing to write reaches no failpoint.
+                let _ = store.flush();
+                reopen = true;
+            }
+            9 => {
                 if rnd(2) == 0 {
                     // A torn, never-acknowledged record at the end.
                     use std::io::Write;
                     let mut f = std::fs::OpenOptions::new()
                         .append(true)
-                        .open(dir.path().join("wal"))
+                        .open(last_segment(dir.path()))
                         .unwrap();
                     f.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
                 }
-                store = FlowStore::open(config(dir.path())).unwrap();
+                reopen = true;
             }
             _ => {}
         }
-        assert_eq!(count(&store), acknowledged, "step {step}");
+        if reopen {
+            drop(store);
+            store = FlowStore::open(config(dir.path())).unwrap();
+        }
+        let total: u64 = acked.values().sum();
+        assert_eq!(count(&store), total, "step {step}");
+        if reopen || step % 10 == 0 {
+            assert_eq!(rows_per_batch(&store), acked, "step {step}");
+        }
     }
 }
 
