@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything flowgate's build and tests need on a fresh Debian machine,
 # and mounts the kernel filesystems the probe needs. Safe to run again.
-# Usage: sudo scripts/setup.sh   (root is needed for apt and mounts)
+# Usage: scripts/setup.sh   (as root, or through sudo: root is needed for apt and mounts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "scripts/setup.sh must run as root (it installs Debian packages and mounts tracefs/bpffs)" >&2
-  exit 1
+  # Root installs Debian packages and mounts tracefs/bpffs; sudo if present.
+  exec scripts/as-root "$0" "$@"
 fi
 
 PKGS=(

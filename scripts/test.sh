@@ -2,9 +2,12 @@
 # Runs every flowgate test: formatting, lints, unit and integration tests
 # (including eBPF tests against this machine's kernel, which need root), the
 # NetworkPolicy conformance suite, and the browser tests.
-# Usage: sudo scripts/test.sh
+# Usage: scripts/test.sh   (as root, or it re-runs itself through sudo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  exec scripts/as-root "$0" "$@"
+fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }

@@ -87,6 +87,30 @@ pub(crate) struct Args {
         requires = "http_tls_cert"
     )]
     http_tls_key: Option<PathBuf>,
+    /// API callers must send `Authorization: Bearer T` with T a line of this
+    /// file (re-read when it changes; `#` starts a comment). Without it or
+    /// --api-auth, anyone who reaches the port reads every flow.
+    #[arg(
+        long,
+        env = "FLOWGATE_API_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "api_auth"
+    )]
+    api_token_file: Option<PathBuf>,
+    /// `kubernetes`: check the caller's bearer token with a TokenReview and a
+    /// SubjectAccessReview (verb get, resource flows, group flowgate.io), so
+    /// RBAC decides who reads flows.
+    #[arg(long, env = "FLOWGATE_API_AUTH", value_enum)]
+    api_auth: Option<ApiAuthArg>,
+    /// Serve /metrics without credentials even when API auth is on (for a
+    /// Prometheus that sends no token).
+    #[arg(long, env = "FLOWGATE_PUBLIC_METRICS")]
+    public_metrics: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ApiAuthArg {
+    Kubernetes,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -120,6 +144,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             client_ca,
         });
     }
+    config.public_metrics = args.public_metrics;
+    config.api_auth = match (args.api_token_file, args.api_auth) {
+        (Some(path), _) => flowgate_collector::auth::AuthMode::TokenFile(path),
+        (None, Some(ApiAuthArg::Kubernetes)) => flowgate_collector::auth::AuthMode::Kubernetes,
+        (None, None) => flowgate_collector::auth::AuthMode::Open,
+    };
     if let (Some(cert), Some(key)) = (args.http_tls_cert, args.http_tls_key) {
         config.http_tls = Some(flowgate_collector::tls::HttpTls { cert, key });
     }

@@ -12,6 +12,13 @@ pub(crate) struct Args {
     /// The collector's HTTP address.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "FLOWGATE_SERVER")]
     server: String,
+    /// Bearer token for a collector started with --api-token-file or
+    /// --api-auth kubernetes.
+    #[arg(long, env = "FLOWGATE_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Read the bearer token from this file (its first line).
+    #[arg(long, env = "FLOWGATE_API_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -19,7 +26,24 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let answer = runtime.block_on(flowgate_collector::client::query(&args.server, &args.sql))?;
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let answer = runtime.block_on(flowgate_collector::client::query_as(
+        &args.server,
+        &args.sql,
+        token.as_deref(),
+    ))?;
     print!("{}", table(&answer));
     if answer.get("truncated").and_then(Value::as_bool) == Some(true) {
         eprintln!("flowgate: the result was truncated by the server's row limit");

@@ -47,6 +47,16 @@ pub async fn http_json(
     url: &str,
     body: Option<Value>,
 ) -> Result<Value, ClientError> {
+    http_json_as(method, url, body, None).await
+}
+
+/// [`http_json`] with `Authorization: Bearer token` when a token is given.
+pub async fn http_json_as(
+    method: http::Method,
+    url: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> Result<Value, ClientError> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e: http::uri::InvalidUri| ClientError::Url {
@@ -55,7 +65,11 @@ pub async fn http_json(
         })?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = http::Request::builder()
+    let mut request = http::Request::builder();
+    if let Some(token) = token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
         .method(method)
         .uri(uri)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -102,11 +116,17 @@ pub async fn http_json(
 
 /// Runs `sql` on the collector at `server` (e.g. `http://127.0.0.1:8080`).
 pub async fn query(server: &str, sql: &str) -> Result<Value, ClientError> {
+    query_as(server, sql, None).await
+}
+
+/// [`query`] with a bearer token (a collector started with API auth).
+pub async fn query_as(server: &str, sql: &str, token: Option<&str>) -> Result<Value, ClientError> {
     let url = format!("{}/api/v1/query", server.trim_end_matches('/'));
-    http_json(
+    http_json_as(
         http::Method::POST,
         &url,
         Some(serde_json::json!({ "sql": sql })),
+        token,
     )
     .await
 }

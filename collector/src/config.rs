@@ -48,6 +48,13 @@ pub struct Config {
     pub grpc_tls: Option<crate::tls::GrpcTls>,
     /// HTTPS on the API port; `None` is plain HTTP.
     pub http_tls: Option<crate::tls::HttpTls>,
+    /// Who may call `/api/*` (and `/metrics` unless `public_metrics`).
+    pub api_auth: crate::auth::AuthMode,
+    /// `/metrics` without credentials even when `api_auth` is set.
+    pub public_metrics: bool,
+    /// How to reach the Kubernetes API; `None`: in-cluster config, else the
+    /// kubeconfig (tests point it at a recorded server).
+    pub kube: Option<kube::Config>,
 }
 
 impl Config {
@@ -69,6 +76,9 @@ impl Config {
             partition: Duration::from_secs(3600),
             grpc_tls: None,
             http_tls: None,
+            api_auth: crate::auth::AuthMode::Open,
+            public_metrics: false,
+            kube: None,
         }
     }
 }

@@ -18,6 +18,7 @@
 //! the bound addresses.
 
 pub mod api;
+pub mod auth;
 pub mod certs;
 pub mod client;
 pub mod cluster;
@@ -73,6 +74,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
     #[error("the {server} server failed: {message}")]
     Serve {
         server: &'static str,
@@ -134,6 +137,34 @@ impl Collector {
         }
         Ok(())
     }
+}
+
+async fn kube_client(config: &Config) -> Result<kube::Client, Error> {
+    match &config.kube {
+        Some(kube) => kube::Client::try_from(kube.clone())
+            .map_err(|source| cluster::watch::WatchError::Client { source }.into()),
+        None => Ok(cluster::watch::default_client().await?),
+    }
+}
+
+async fn api_auth(config: &Config, http_addr: SocketAddr) -> Result<auth::Auth, Error> {
+    Ok(match &config.api_auth {
+        auth::AuthMode::Open => {
+            if !http_addr.ip().is_loopback() {
+                tracing::warn!(
+                    "the HTTP API is open: anyone who reaches {http_addr} can read every flow (give --api-token-file or --api-auth kubernetes)"
+                );
+            }
+            auth::Auth::open()
+        }
+        auth::AuthMode::TokenFile(path) => {
+            auth::Auth::tokens(auth::TokenFile::open(path.clone())?, config.public_metrics)
+        }
+        auth::AuthMode::Kubernetes => auth::Auth::kubernetes(
+            auth::KubernetesReviewer::new(kube_client(config).await?),
+            config.public_metrics,
+        ),
+    })
 }
 
 async fn serve_http<L>(
@@ -206,7 +237,7 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
             writer.rebuild(&inputs, now_ns());
         }
         ClusterSource::Kubernetes => {
-            let client = cluster::watch::default_client().await?;
+            let client = kube_client(&config).await?;
             cluster::watch::spawn(
                 client,
                 writer,
@@ -300,7 +331,11 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
         metrics,
         max_rows: config.query_max_rows,
     })
-    .merge(flowgate_web::router());
+    .merge(flowgate_web::router())
+    .layer(axum::middleware::from_fn_with_state(
+        Arc::new(api_auth(&config, http_addr).await?),
+        auth::require,
+    ));
     match &config.http_tls {
         Some(tls) => {
             let https = tls::HttpsListener::new(http, tls)?;

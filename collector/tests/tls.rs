@@ -161,8 +161,11 @@ async fn probes_prove_their_node_with_a_client_certificate() -> Result<()> {
             Err(status) => format!("{status:?}"),
         },
     };
+    // TLS 1.3 finishes the client's side before the server checks its
+    // certificate, so the client sees either the alert or a closed
+    // connection: both from the transport, never an answer of the service.
     assert!(
-        refused.contains("CertificateRequired"),
+        refused.contains("Transport"),
         "the TLS handshake itself refuses it: {refused}"
     );
 
@@ -176,7 +179,7 @@ async fn probes_prove_their_node_with_a_client_certificate() -> Result<()> {
         },
     };
     assert!(
-        refused.contains("transport error"),
+        refused.contains("Transport"),
         "refused by the transport, not by a gRPC answer: {refused}"
     );
 

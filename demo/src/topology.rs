@@ -86,7 +86,7 @@ pub fn preflight() -> Result<(), DemoError> {
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
         return Err(DemoError::Prerequisite(
-            "flowgate demo needs root: it creates network namespaces, loads nftables rules and eBPF programs (run it with sudo)".into(),
+            "flowgate demo needs root: it creates network namespaces, loads nftables rules and eBPF programs (run it as root: scripts/as-root target/release/flowgate demo)".into(),
         ));
     }
     for (program, arg) in [("ip", "-V"), ("nft", "--version")] {

@@ -8,12 +8,63 @@ export class ApiError extends Error {
   }
 }
 
-async function request(what, path, options) {
-  let response;
+// The API token lives in sessionStorage: it is gone when the tab closes.
+const TOKEN_KEY = "flowgate-api-token";
+let asking = null;
+
+/** Shows the token dialog; resolves to the token, or null if cancelled. */
+function askToken(message) {
+  // Many requests may fail at once: they share one dialog.
+  if (asking) return asking;
+  const dialog = document.getElementById("token-dialog");
+  if (!dialog) return Promise.resolve(null);
+  asking = new Promise((resolve) => {
+    document.getElementById("token-message").textContent = message;
+    const input = document.getElementById("token-input");
+    input.value = "";
+    const cancel = document.getElementById("token-cancel");
+    const done = (value) => {
+      cancel.onclick = null;
+      dialog.onclose = null;
+      if (dialog.open) dialog.close();
+      asking = null;
+      resolve(value);
+    };
+    cancel.onclick = () => done(null);
+    dialog.onclose = () => done(dialog.returnValue === "ok" && input.value.trim() ? input.value.trim() : null);
+    dialog.showModal();
+  });
+  return asking;
+}
+
+async function send(what, path, options) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = { ...(options && options.headers) };
+  if (token) headers.Authorization = `Bearer ${token}`;
   try {
-    response = await fetch(path, options);
+    return await fetch(path, { ...options, headers });
   } catch (e) {
     throw new ApiError(what, 0, `the collector cannot be reached (${e.message})`);
+  }
+}
+
+async function request(what, path, options) {
+  let response = await send(what, path, options);
+  if (response.status === 401) {
+    // The API wants a token: ask once, keep it for the session, retry.
+    let message = "The collector asks for an API token.";
+    try {
+      message = (await response.json()).error || message;
+    } catch {
+      // Keep the generic message.
+    }
+    const token = await askToken(message);
+    if (token) {
+      sessionStorage.setItem(TOKEN_KEY, token);
+      response = await send(what, path, options);
+    } else {
+      throw new ApiError(what, 401, `${message} (no token given)`);
+    }
   }
   const text = await response.text();
   let body = null;
