@@ -23,8 +23,27 @@ pub(crate) struct Args {
     /// NetworkPolicies and the cluster tiers (AdminNetworkPolicy,
     /// BaselineAdminNetworkPolicy, ClusterNetworkPolicy); multi-document and
     /// `kind: List` files are fine. Repeat to combine several.
-    #[arg(long, required = true, value_name = "FILE_OR_DIR")]
+    /// Not needed with `--collector-http`.
+    #[arg(
+        long,
+        value_name = "FILE_OR_DIR",
+        required_unless_present = "collector_http"
+    )]
     cluster: Vec<PathBuf>,
+    /// Ask a running collector (e.g. `http://127.0.0.1:8080`) instead of
+    /// reading files: its current state, or the one at `--at`.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "FLOWGATE_COLLECTOR_HTTP",
+        conflicts_with = "cluster"
+    )]
+    collector_http: Option<String>,
+    /// Judge under the policies, labels and addresses in force at this time
+    /// (RFC 3339 like `2026-12-03T10:00:00Z`, or a duration ago like `2h`),
+    /// from the collector's recorded history.
+    #[arg(long, value_name = "TIME", requires = "collector_http")]
+    at: Option<String>,
     /// Source: `namespace/pod`, or an IP address (a pod's IP means that pod).
     #[arg(long, value_name = "SRC")]
     from: String,
@@ -56,6 +75,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         bail!("port 0 is out of range 1-65535");
     }
+    if let Some(url) = &args.collector_http {
+        return remote(url, &args);
+    }
     let objects = flowgate_policy::load_paths(&args.cluster).context("reading the cluster")?;
     for ignored in &objects.ignored {
         tracing::debug!(object = %ignored, "not a kind policies depend on: ignored");
@@ -69,6 +91,101 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         Output::Text => print!("{}", render_text(&explanation)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `GET /api/v1/explain` on the collector; its `explanation`.
+fn remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
+    let mut query = vec![
+        ("from", args.from.clone()),
+        ("to", args.to.clone()),
+        ("port", args.port.to_string()),
+        ("protocol", args.protocol.to_string()),
+    ];
+    if let Some(at) = &args.at {
+        query.push(("at", at.clone()));
+    }
+    let mut answer = crate::http::get(url, "/api/v1/explain", &query)?;
+    let explanation = answer["explanation"].take();
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
+        Output::Text => {
+            let view: View = serde_json::from_value(explanation)
+                .context("the collector's explanation lacks expected fields")?;
+            print!("{}", render_view(&view));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the text shows of a collector's explanation, read from its JSON:
+/// the verdict and per direction the reason (which names the deciding tier)
+/// and the nearest misses.
+#[derive(Debug, serde::Deserialize)]
+struct View {
+    allowed: bool,
+    src: EndpointView,
+    dst: EndpointView,
+    port: u16,
+    protocol: String,
+    generation: u64,
+    egress: DirectionView,
+    ingress: DirectionView,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct EndpointView {
+    ip: String,
+    namespace: Option<String>,
+    pod: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DirectionView {
+    direction: String,
+    applicable: bool,
+    allowed: bool,
+    reason: String,
+    misses: Vec<MissView>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct MissView {
+    explanation: String,
+}
+
+/// A collector's explanation as text: the verdict, each direction's reason
+/// and nearest misses, and the generation it was judged under.
+fn render_view(e: &View) -> String {
+    let verdict = if e.allowed { "ALLOWED" } else { "DENIED" };
+    let name = |v: &EndpointView| match (&v.namespace, &v.pod) {
+        (Some(ns), Some(p)) => format!("{ns}/{p} ({})", v.ip),
+        _ => format!("{} (outside the cluster)", v.ip),
+    };
+    let mut out = format!(
+        "{verdict}: {} → {} {} {}\n",
+        name(&e.src),
+        name(&e.dst),
+        e.protocol,
+        e.port
+    );
+    for d in [&e.egress, &e.ingress] {
+        let mark = if !d.applicable {
+            "n/a"
+        } else if d.allowed {
+            "allow"
+        } else {
+            "DENY"
+        };
+        out.push_str(&format!("  {:<8} [{mark}] {}\n", d.direction, d.reason));
+        for m in &d.misses {
+            out.push_str(&format!("           - {}\n", m.explanation));
+        }
+    }
+    out.push_str(&format!(
+        "  (judged under policy generation {})\n",
+        e.generation
+    ));
+    out
 }
 
 /// `namespace/pod` or an IP address.

@@ -7,6 +7,7 @@ mod certs;
 mod collector;
 mod demo;
 mod explain;
+mod http;
 mod lint;
 mod probe;
 mod query;

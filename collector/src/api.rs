@@ -28,6 +28,8 @@ pub struct AppState {
     pub engine: Arc<QueryEngine>,
     pub store: FlowStore,
     pub cluster: ClusterState,
+    /// Every recorded change: judging under past generations.
+    pub history: crate::cluster::history::SharedHistory,
     pub metrics: Arc<Metrics>,
     /// Upper bound of `limit` on `/api/v1/flows`.
     pub max_rows: usize,
@@ -372,6 +374,46 @@ struct ExplainParams {
     to: Option<String>,
     port: Option<String>,
     protocol: Option<String>,
+    /// Judge under the state in force at this time (RFC 3339, `1h` ago, or
+    /// nanoseconds since the epoch) instead of now.
+    at: Option<String>,
+}
+
+/// A point in time as a user writes it: RFC 3339 (`2026-12-03T10:00:00Z`),
+/// a duration ago (`1h`), or nanoseconds since the epoch.
+fn time_point(name: &str, value: &str) -> Result<i64, ApiError> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(value) {
+        let since = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| ApiError::bad(format!("{name}={value:?} is before 1970")))?;
+        return Ok(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX));
+    }
+    time_bound(name, value)
+}
+
+/// The cluster in force at `at`, rebuilt from the history, or the current
+/// snapshot when `at` is absent.
+fn cluster_at(state: &AppState, at: Option<&str>) -> Result<Arc<Cluster>, ApiError> {
+    let Some(at) = at.filter(|a| !a.is_empty()) else {
+        return Ok(state.cluster.load().cluster.clone());
+    };
+    let t = time_point("at", at)?;
+    let history = crate::cluster::state::lock(&state.history);
+    let Some((inputs, generation)) = history.inputs_at(t) else {
+        return Err(ApiError::NotFound {
+            message: format!(
+                "at={at:?}: the cluster history starts later (no state recorded then)"
+            ),
+        });
+    };
+    drop(history);
+    let (cluster, _invalid) = Cluster::build_lenient(
+        inputs.namespaces.iter().map(|n| n.as_ref()),
+        inputs.pods.iter().map(|p| p.as_ref()),
+        inputs.policies.iter().map(|p| p.as_ref()),
+        generation,
+    );
+    Ok(Arc::new(cluster))
 }
 
 /// A side of a connection as the user named it.
@@ -447,8 +489,7 @@ async fn explain(
             .parse()
             .map_err(|e| ApiError::bad(format!("protocol={text:?}: {e}")))?,
     };
-    let snapshot = state.cluster.load();
-    let cluster = &snapshot.cluster;
+    let cluster = &cluster_at(&state, p.at.as_deref())?;
     let explanation = cluster.explain(
         &from.endpoint(cluster)?,
         &to.endpoint(cluster)?,
@@ -468,7 +509,11 @@ async fn explain(
         from.predicate("dst"),
     );
     let rows = sql_rows(&state, &sql).await?;
-    Ok(Json(json!({ "explanation": explanation, "flows": rows })))
+    Ok(Json(json!({
+        "generation": cluster.generation(),
+        "explanation": explanation,
+        "flows": rows,
+    })))
 }
 
 async fn policies(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -36,6 +36,8 @@ pub struct Config {
     /// Cluster changes are gathered for this long before the policy snapshot
     /// is rebuilt.
     pub rebuild_debounce: Duration,
+    /// How often `--cluster` files are checked for changes.
+    pub cluster_poll: Duration,
     /// How long a deleted pod still names its IP for late flows.
     pub tombstone_retention: Duration,
     /// Verdicts remembered per ingest stream.
@@ -70,6 +72,7 @@ impl Config {
             query_timeout: Duration::from_secs(30),
             query_max_rows: 100_000,
             rebuild_debounce: Duration::from_millis(200),
+            cluster_poll: Duration::from_secs(1),
             tombstone_retention: Duration::from_secs(3600),
             verdict_cache_entries: 65_536,
             flush_rows: 100_000,

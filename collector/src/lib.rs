@@ -64,6 +64,8 @@ pub enum Error {
     #[error("cannot start the query engine: {source}")]
     Query { source: flowgate_query::QueryError },
     #[error(transparent)]
+    History(#[from] cluster::history::HistoryError),
+    #[error(transparent)]
     ClusterFiles(#[from] cluster::files::FilesError),
     #[error(transparent)]
     Watch(#[from] cluster::watch::WatchError),
@@ -186,6 +188,22 @@ where
         })
 }
 
+fn open_history(dir: &std::path::Path) -> Result<cluster::history::SharedHistory, Error> {
+    let (history, cut) = cluster::history::History::open(dir)?;
+    if cut > 0 {
+        tracing::warn!(
+            bytes = cut,
+            "cut a torn record off the end of the cluster history"
+        );
+    }
+    tracing::info!(
+        changes = history.changes().len(),
+        generation = history.last_generation(),
+        "cluster history opened"
+    );
+    Ok(Arc::new(std::sync::Mutex::new(history)))
+}
+
 /// Opens the store, loads or watches the cluster, and starts the gRPC and
 /// HTTP servers. Returns once both listen.
 pub async fn run(config: Config) -> Result<Collector, Error> {
@@ -213,14 +231,22 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
     let metrics = Arc::new(Metrics::new());
     let state = ClusterState::default();
     let mut writer = StateWriter::new(state.clone(), config.tombstone_retention, metrics.clone());
+    let history = open_history(&config.data_dir)?;
+    writer.set_history(history.clone());
     {
         let engine = engine.clone();
+        let history = history.clone();
         writer.set_hook(Box::new(move |snapshot| {
             let c = &snapshot.cluster;
             engine.set_cluster_tables(
                 tables::pod_rows(c),
                 tables::namespace_rows(c),
                 tables::policy_rows(c),
+            );
+            let h = cluster::state::lock(&history);
+            engine.set_history_tables(
+                &tables::policy_history_rows(&h),
+                &tables::label_history_rows(&h),
             );
         }));
     }
@@ -235,6 +261,12 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
                 "cluster loaded from files"
             );
             writer.rebuild(&inputs, now_ns());
+            background.spawn(cluster::files::watch(
+                paths.clone(),
+                writer,
+                config.cluster_poll,
+                metrics.clone(),
+            ));
         }
         ClusterSource::Kubernetes => {
             let client = kube_client(&config).await?;
@@ -328,6 +360,7 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
         engine,
         store: store.clone(),
         cluster: state,
+        history,
         metrics,
         max_rows: config.query_max_rows,
     })

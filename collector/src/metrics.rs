@@ -35,6 +35,10 @@ pub struct Metrics {
     pub rebuilds_coalesced: Counter,
     /// Invalid cluster objects skipped by the policy engine.
     pub cluster_objects_invalid: Gauge<i64>,
+    /// Cluster changes the history log failed to record (history then lacks them).
+    pub history_changes_lost: Counter,
+    /// Edits of `--cluster` files that could not be applied (bad YAML…).
+    pub cluster_file_reloads_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -62,6 +66,8 @@ impl Metrics {
             policy_generation: Gauge::default(),
             rebuilds_coalesced: Counter::default(),
             cluster_objects_invalid: Gauge::default(),
+            history_changes_lost: Counter::default(),
+            cluster_file_reloads_failed: Counter::default(),
         };
         registry.register("flows_ingested", "Flows stored", m.flows_ingested.clone());
         registry.register("batches_stored", "Batches stored", m.batches_stored.clone());
@@ -124,6 +130,16 @@ impl Metrics {
             "cluster_objects_invalid",
             "Cluster objects the policy engine skipped as invalid",
             m.cluster_objects_invalid.clone(),
+        );
+        registry.register(
+            "history_changes_lost",
+            "Cluster changes the history log could not record (disk errors)",
+            m.history_changes_lost.clone(),
+        );
+        registry.register(
+            "cluster_file_reloads_failed",
+            "Edits of --cluster files that could not be loaded; the previous state stays in force",
+            m.cluster_file_reloads_failed.clone(),
         );
         Self { registry, ..m }
     }

@@ -2,7 +2,11 @@
 //! tables, refreshed with each snapshot, and the store's size as metrics.
 
 use flowgate_policy::Cluster;
-use flowgate_query::{FlowStore, NamespaceRow, PodRow, PolicyRow};
+use flowgate_query::{
+    FlowStore, LabelHistoryRow, NamespaceRow, PodRow, PolicyHistoryRow, PolicyRow,
+};
+
+use crate::cluster::history::{Change, History, ObjectChange};
 
 use crate::metrics::Metrics;
 
@@ -61,6 +65,93 @@ pub fn policy_rows(cluster: &Cluster) -> Vec<PolicyRow> {
                     .collect(),
                 yaml: serde_norway::to_string(&p.object).unwrap_or_default(),
             }
+        })
+        .collect()
+}
+
+/// `policy_history`: every NetworkPolicy change, with the YAML before and after.
+pub fn policy_history_rows(history: &History) -> Vec<PolicyHistoryRow> {
+    let yaml = |p: &Option<Box<k8s_openapi::api::networking::v1::NetworkPolicy>>| {
+        p.as_deref()
+            .map(|p| serde_norway::to_string(p).unwrap_or_default())
+    };
+    history
+        .changes()
+        .iter()
+        .filter_map(|c| match &c.object {
+            ObjectChange::NetworkPolicy {
+                namespace,
+                name,
+                before,
+                after,
+            } => Some(PolicyHistoryRow {
+                time_ns: c.time_ns,
+                generation: c.generation,
+                namespace: namespace.clone(),
+                name: name.clone(),
+                change: c.object.change().as_str(),
+                before_yaml: yaml(before),
+                after_yaml: yaml(after),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `label_history`: Pods and Namespaces whose labels changed (created and
+/// deleted ones included); a pod that only changed address is left out.
+pub fn label_history_rows(history: &History) -> Vec<LabelHistoryRow> {
+    let json = |l: Option<&std::collections::BTreeMap<String, String>>| {
+        l.map(|l| serde_json::to_string(l).unwrap_or_else(|_| "{}".to_owned()))
+    };
+    let row = |c: &Change, kind, namespace: &str, name: &str, before, after| LabelHistoryRow {
+        time_ns: c.time_ns,
+        generation: c.generation,
+        kind,
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        before_labels: before,
+        after_labels: after,
+    };
+    let pod_labels =
+        |p: &k8s_openapi::api::core::v1::Pod| p.metadata.labels.clone().unwrap_or_default();
+    history
+        .changes()
+        .iter()
+        .filter_map(|c| match &c.object {
+            ObjectChange::Namespace {
+                name,
+                before,
+                after,
+            } => Some(row(
+                c,
+                "Namespace",
+                name,
+                name,
+                json(before.as_ref()),
+                json(after.as_ref()),
+            )),
+            ObjectChange::Pod {
+                namespace,
+                name,
+                before,
+                after,
+            } => {
+                let before = before.as_deref().map(pod_labels);
+                let after = after.as_deref().map(pod_labels);
+                let same = before.is_some() && after.is_some() && before == after;
+                (!same).then(|| {
+                    row(
+                        c,
+                        "Pod",
+                        namespace,
+                        name,
+                        json(before.as_ref()),
+                        json(after.as_ref()),
+                    )
+                })
+            }
+            ObjectChange::NetworkPolicy { .. } => None,
         })
         .collect()
 }

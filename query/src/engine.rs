@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, ListBuilder, StringArray, StringBuilder, UInt32Array,
+    ArrayRef, BooleanArray, ListBuilder, StringArray, StringBuilder, TimestampNanosecondArray,
+    UInt32Array, UInt64Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
@@ -92,6 +93,101 @@ pub struct PolicyRow {
     /// `namespace/pod` of every selected pod.
     pub selected_pods: Vec<String>,
     pub yaml: String,
+}
+
+/// One row of `policy_history`: a NetworkPolicy created, modified or deleted.
+pub struct PolicyHistoryRow {
+    pub time_ns: i64,
+    pub generation: u64,
+    pub namespace: String,
+    pub name: String,
+    /// `created`, `modified` or `deleted`.
+    pub change: &'static str,
+    pub before_yaml: Option<String>,
+    pub after_yaml: Option<String>,
+}
+
+/// One row of `label_history`: a Pod's or Namespace's labels changed.
+pub struct LabelHistoryRow {
+    pub time_ns: i64,
+    pub generation: u64,
+    /// `Pod` or `Namespace`.
+    pub kind: &'static str,
+    /// The pod's namespace; a Namespace's own name.
+    pub namespace: String,
+    pub name: String,
+    /// JSON object text; NULL when the object did not exist.
+    pub before_labels: Option<String>,
+    pub after_labels: Option<String>,
+}
+
+fn history_head() -> Vec<Field> {
+    vec![
+        Field::new(
+            "time",
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("generation", DataType::UInt64, false),
+    ]
+}
+
+fn history_head_columns(rows: impl Iterator<Item = (i64, u64)> + Clone) -> Vec<ArrayRef> {
+    vec![
+        Arc::new(
+            TimestampNanosecondArray::from(rows.clone().map(|r| r.0).collect::<Vec<_>>())
+                .with_timezone("UTC"),
+        ),
+        Arc::new(rows.map(|r| r.1).collect::<UInt64Array>()),
+    ]
+}
+
+fn policy_history_batch(rows: &[PolicyHistoryRow]) -> (SchemaRef, RecordBatch) {
+    let mut fields = history_head();
+    fields.extend([
+        utf8("namespace", false),
+        utf8("name", false),
+        utf8("change", false),
+        utf8("before_yaml", true),
+        utf8("after_yaml", true),
+    ]);
+    let schema = Arc::new(Schema::new(fields));
+    let mut cols = history_head_columns(rows.iter().map(|r| (r.time_ns, r.generation)));
+    cols.extend([
+        str_array(rows.iter().map(|r| Some(r.namespace.as_str()))),
+        str_array(rows.iter().map(|r| Some(r.name.as_str()))),
+        str_array(rows.iter().map(|r| Some(r.change))),
+        str_array(rows.iter().map(|r| r.before_yaml.as_deref())),
+        str_array(rows.iter().map(|r| r.after_yaml.as_deref())),
+    ]);
+    (
+        schema.clone(),
+        RecordBatch::try_new(schema, cols).expect("policy_history schema"),
+    )
+}
+
+fn label_history_batch(rows: &[LabelHistoryRow]) -> (SchemaRef, RecordBatch) {
+    let mut fields = history_head();
+    fields.extend([
+        utf8("kind", false),
+        utf8("namespace", false),
+        utf8("name", false),
+        utf8("before_labels", true),
+        utf8("after_labels", true),
+    ]);
+    let schema = Arc::new(Schema::new(fields));
+    let mut cols = history_head_columns(rows.iter().map(|r| (r.time_ns, r.generation)));
+    cols.extend([
+        str_array(rows.iter().map(|r| Some(r.kind))),
+        str_array(rows.iter().map(|r| Some(r.namespace.as_str()))),
+        str_array(rows.iter().map(|r| Some(r.name.as_str()))),
+        str_array(rows.iter().map(|r| r.before_labels.as_deref())),
+        str_array(rows.iter().map(|r| r.after_labels.as_deref())),
+    ]);
+    (
+        schema.clone(),
+        RecordBatch::try_new(schema, cols).expect("label_history schema"),
+    )
 }
 
 /// The query engine; clones share the session.
@@ -214,6 +310,7 @@ impl QueryEngine {
         ctx.register_table("flows", Arc::new(FlowsTable { store }))?;
         let engine = QueryEngine { ctx, limits };
         engine.set_cluster_tables(Vec::new(), Vec::new(), Vec::new());
+        engine.set_history_tables(&[], &[]);
         Ok(engine)
     }
 
@@ -229,13 +326,25 @@ impl QueryEngine {
             ("namespaces", namespaces_batch(&namespaces)),
             ("policies", policies_batch(&policies)),
         ] {
-            let table = MemTable::try_new(schema, vec![vec![batch]]).expect("batch matches schema");
-            // register_table replaces a table of the same name.
-            let _ = self.ctx.deregister_table(name);
-            self.ctx
-                .register_table(name, Arc::new(table))
-                .expect("register table");
+            self.replace_table(name, schema, batch);
         }
+    }
+
+    /// Replaces the `policy_history` and `label_history` tables.
+    pub fn set_history_tables(&self, policies: &[PolicyHistoryRow], labels: &[LabelHistoryRow]) {
+        let (schema, batch) = policy_history_batch(policies);
+        self.replace_table("policy_history", schema, batch);
+        let (schema, batch) = label_history_batch(labels);
+        self.replace_table("label_history", schema, batch);
+    }
+
+    fn replace_table(&self, name: &str, schema: SchemaRef, batch: RecordBatch) {
+        let table = MemTable::try_new(schema, vec![vec![batch]]).expect("batch matches schema");
+        // register_table replaces a table of the same name.
+        let _ = self.ctx.deregister_table(name);
+        self.ctx
+            .register_table(name, Arc::new(table))
+            .expect("register table");
     }
 
     /// Runs one read-only query within the limits.

@@ -20,7 +20,10 @@ mod store;
 pub mod wal;
 
 pub use datafusion::arrow;
-pub use engine::{NamespaceRow, PodRow, PolicyRow, QueryEngine, QueryError, QueryLimits};
+pub use engine::{
+    LabelHistoryRow, NamespaceRow, PodRow, PolicyHistoryRow, PolicyRow, QueryEngine, QueryError,
+    QueryLimits,
+};
 pub use format::QueryResult;
 pub use manifest::ManifestError;
 pub use schema::{FlowBatchBuilder, FlowRef, FlowRow, flows_schema, to_batch};

@@ -3,6 +3,7 @@
 //! become the snapshot flows are judged against ([`state`], [`ip_index`]).
 
 pub mod files;
+pub mod history;
 pub mod ip_index;
 pub mod state;
 pub mod watch;

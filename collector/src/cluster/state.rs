@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::mpsc;
 
+use super::history::{History, SharedHistory};
 use super::ip_index::{Holder, IpIndex, PodIdentity};
 use crate::enrich::PolicyNames;
 use crate::metrics::Metrics;
@@ -101,6 +102,7 @@ pub struct StateWriter {
     tombstone_retention: Duration,
     metrics: Arc<Metrics>,
     hook: Option<SnapshotHook>,
+    history: Option<SharedHistory>,
 }
 
 impl StateWriter {
@@ -112,7 +114,16 @@ impl StateWriter {
             tombstone_retention,
             metrics,
             hook: None,
+            history: None,
         }
+    }
+
+    /// Records every change in `history`; generations continue from the
+    /// newest it holds, so they stay unique across restarts.
+    pub fn set_history(&mut self, history: SharedHistory) {
+        let last = lock(&history).last_generation();
+        self.generation = self.generation.max(last);
+        self.history = Some(history);
     }
 
     pub fn set_hook(&mut self, hook: SnapshotHook) {
@@ -131,6 +142,20 @@ impl StateWriter {
         );
         for e in &errors {
             tracing::warn!(error = %e, "skipping an invalid cluster object");
+        }
+        if let Some(history) = &self.history {
+            match lock(history).observe(inputs, self.generation, now_ns) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    generation = self.generation,
+                    changes = n,
+                    "cluster changes recorded"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record cluster changes: history lacks this generation");
+                    self.metrics.history_changes_lost.inc();
+                }
+            }
         }
         self.metrics
             .cluster_objects_invalid
@@ -280,4 +305,11 @@ fn controller(
         .iter()
         .find(|o| o.controller == Some(true))
         .map(|o| (o.kind.as_str(), o.name.as_str()))
+}
+
+/// The history behind its lock; a panic while holding it left the changes
+/// list whole (it is only extended after a successful write), so poisoning
+/// is ignored.
+pub fn lock(history: &SharedHistory) -> std::sync::MutexGuard<'_, History> {
+    history.lock().unwrap_or_else(|e| e.into_inner())
 }
