@@ -211,6 +211,34 @@ struct sk_buff {
 
 #define FG_SKB_CONSUMED 1 /* enum skb_drop_reason values <= 1 are not drops */
 
+/* Walks IPv6 extension headers in kernel memory from *off (just past the
+ * fixed header), as fg_parse does on the capture path: returns the upper
+ * protocol and leaves *off at its header. *fragment is set for a non-first
+ * fragment (no ports). On a failed read the walk stops where it is. */
+static __always_inline __u8 fg_skip_ipv6_ext(const unsigned char *head, __u32 *off, __u8 l4,
+					     int *fragment)
+{
+#pragma unroll
+	for (int i = 0; i < FG_MAX_EXT_HEADERS; i++) {
+		__u8 ext[4];
+		if (l4 != FG_NEXTHDR_HOP && l4 != FG_NEXTHDR_ROUTING && l4 != FG_NEXTHDR_DEST &&
+		    l4 != FG_NEXTHDR_FRAGMENT && l4 != FG_NEXTHDR_AUTH)
+			break;
+		if (bpf_probe_read_kernel(ext, sizeof(ext), head + *off) < 0)
+			break;
+		if (l4 == FG_NEXTHDR_FRAGMENT) {
+			*fragment = ((((__u16)ext[2] << 8) | ext[3]) & 0xfff8) != 0;
+			*off += 8;
+		} else if (l4 == FG_NEXTHDR_AUTH) {
+			*off += ((__u32)ext[1] + 2) * 4;
+		} else {
+			*off += ((__u32)ext[1] + 1) * 8;
+		}
+		l4 = ext[0];
+	}
+	return l4;
+}
+
 SEC("tp_btf/kfree_skb")
 int fg_kfree_skb(__u64 *ctx)
 {
@@ -219,6 +247,8 @@ int fg_kfree_skb(__u64 *ctx)
 	struct fg_event *e;
 	unsigned char *head;
 	__u16 proto, nh, th;
+	__u32 l4_off;
+	int fragment = 0;
 	__u8 l4;
 
 	if (reason <= FG_SKB_CONSUMED)
@@ -253,6 +283,8 @@ int fg_kfree_skb(__u64 *ctx)
 		/* transport_header is unset (~0) on some paths: derive it. */
 		if (th == 0xffff || th <= nh)
 			th = nh + ip.ihl * 4;
+		l4_off = th;
+		fragment = (bpf_ntohs(ip.frag_off) & 0x1fff) != 0;
 	} else {
 		struct ipv6hdr ip6;
 		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh) < 0)
@@ -260,11 +292,16 @@ int fg_kfree_skb(__u64 *ctx)
 		e->key.ip_version = FG_IPV6;
 		__builtin_memcpy(e->key.src_ip, &ip6.saddr, 16);
 		__builtin_memcpy(e->key.dst_ip, &ip6.daddr, 16);
-		l4 = ip6.nexthdr;
-		if (th == 0xffff || th <= nh)
-			th = nh + sizeof(ip6);
+		/* transport_header is not reliable here: on input it points just
+		 * past the fixed header until the extension headers are
+		 * processed. Walk them. */
+		l4_off = nh + sizeof(ip6);
+		l4 = fg_skip_ipv6_ext(head, &l4_off, ip6.nexthdr, &fragment);
 	}
 	e->key.protocol = l4;
+	if (fragment)
+		goto out;
+	th = l4_off;
 	if (l4 == IPPROTO_TCP || l4 == IPPROTO_UDP || l4 == IPPROTO_SCTP) {
 		__u8 ports[4];
 		if (bpf_probe_read_kernel(ports, sizeof(ports), head + th) == 0) {

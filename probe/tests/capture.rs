@@ -100,6 +100,38 @@ fn udp_to_dropped_port(pods: &Pods, server: IpAddr) -> u16 {
     .unwrap()
 }
 
+/// Linux's IPV6_DSTOPTS socket option (not in the libc crate for Linux).
+const IPV6_DSTOPTS: libc::c_int = 59;
+
+/// Four IPv6 datagrams carrying a destination-options extension header to
+/// the port pod b's nftables drops.
+fn udp6_with_ext_header_to_dropped_port(pods: &Pods, server: IpAddr) -> u16 {
+    pods.run_in('a', move || {
+        use std::os::fd::AsRawFd;
+        let s = UdpSocket::bind("[::]:0").unwrap();
+        // Next header (filled in by the kernel), length 0 (8 bytes), PadN.
+        let opts: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+        // SAFETY: valid fd, pointer to a local of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                IPV6_DSTOPTS,
+                opts.as_ptr().cast(),
+                opts.len() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "IPV6_DSTOPTS: {}", std::io::Error::last_os_error());
+        for _ in 0..4 {
+            s.send_to(b"dropped", SocketAddr::new(server, DROPPED_PORT))
+                .unwrap();
+        }
+        s.local_addr().unwrap().port()
+    })
+    .join()
+    .unwrap()
+}
+
 fn ping(pods: &Pods, dst: IpAddr) {
     let ns = pods.ns('a');
     let dst = dst.to_string();
@@ -197,6 +229,7 @@ fn run(granularity: GranularityArg, id: u32) {
     ping(&pods, b4);
     ping(&pods, b6);
     let dropped = udp_to_dropped_port(&pods, b4);
+    let dropped6 = udp6_with_ext_header_to_dropped_port(&pods, b6);
 
     let (va, vb) = (pods.veth('a'), pods.veth('b'));
     let tcp = Protocol::Tcp as i32;
@@ -214,6 +247,7 @@ fn run(granularity: GranularityArg, id: u32) {
             && get(&key(b4, a4, TCP_PORT, tcp4, tcp, INGRESS, &va)).flags & 0x01 != 0
             && get(&key(b6, a6, TCP_PORT, tcp6, tcp, INGRESS, &va)).flags & 0x01 != 0
             && get(&key(a4, b4, dropped, DROPPED_PORT, udp, INGRESS, &vb)).dropped >= 4
+            && get(&key(a6, b6, dropped6, DROPPED_PORT, udp, INGRESS, &vb)).dropped >= 4
             && get(&key(b6, a6, UDP_PORT, udp6, udp, INGRESS, &va)).packets >= 3
     };
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -318,6 +352,14 @@ fn run(granularity: GranularityArg, id: u32) {
         (d.packets, d.dropped, d.drop_reason_ok),
         (4, 4, true),
         "dropped flow: {d:?}"
+    );
+    // IPv6 with an extension header: the drop path walks it to the ports,
+    // so the drop joins its flow.
+    let d6 = get(key(a6, b6, dropped6, DROPPED_PORT, udp, INGRESS, &vb));
+    assert_eq!(
+        (d6.packets, d6.dropped, d6.drop_reason_ok),
+        (4, 4, true),
+        "dropped IPv6 flow with extension header: {d6:?}"
     );
     // Flows that were delivered are not marked dropped.
     assert_eq!(
