@@ -81,13 +81,22 @@ impl Tracker {
     pub fn observe(&mut self, ifindex: u32, opener: Tuple, side: Side, o: Observation) {
         let c = self.conns.entry((ifindex, opener)).or_default();
         // The same tuple opened again after the last one ended (port reuse).
+        // Observations of one window come in any order: only a SYN later
+        // than everything seen starts anew.
         if opener.proto == TCP
             && side == Side::Opener
             && o.flags & (SYN | ACK) == SYN
             && (c.opener_flags | c.answer_flags) & (FIN | RST) != 0
+            && o.first_ns > c.last_ns
         {
             *c = Conn::default();
-            self.evidence.remove(&opener);
+            if self
+                .evidence
+                .get(&opener)
+                .is_some_and(|e| e.last_ns < o.first_ns)
+            {
+                self.evidence.remove(&opener);
+            }
         }
         match side {
             Side::Opener => {
@@ -243,6 +252,12 @@ mod tests {
         let mut k = Tracker::default();
         k.observe(1, t(TCP), Side::Opener, obs(1, SYN, 10, 10));
         assert_eq!(k.judge(1, t(TCP)).0, Outcome::Unspecified, "SYN alone");
+        // A window's observations come in any order: the answer first.
+        let mut j = Tracker::default();
+        j.observe(1, t(TCP), Side::Answer, obs(1, RST | ACK, 11, 11));
+        j.no_listener(t(TCP), 10);
+        j.observe(1, t(TCP), Side::Opener, obs(1, SYN, 10, 10));
+        assert_eq!(j.judge(1, t(TCP)), (Outcome::Refused, Failure::NoListener));
         k.observe(1, t(TCP), Side::Answer, obs(1, SYN | ACK, 11, 11));
         k.observe(1, t(TCP), Side::Opener, obs(3, ACK, 12, 14));
         assert_eq!(
