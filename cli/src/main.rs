@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod blame;
 mod certs;
 mod collector;
 mod demo;
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Decide whether NetworkPolicies allow a connection, and explain why.
     Explain(explain::Args),
+    /// When a connection's verdict flipped and which cluster change did it,
+    /// from a collector's recorded history.
+    Blame(blame::Args),
     /// Check NetworkPolicies against the best practices (default deny, stale
     /// selectors, ignored rules, DNS under egress isolation…); exits 1 on an error.
     Lint(lint::Args),
@@ -52,6 +56,7 @@ fn main() -> std::process::ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Explain(args) => explain::run(args),
+        Command::Blame(args) => blame::run(args),
         Command::Lint(args) => lint::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Probe(args) => probe::run(args),

@@ -94,6 +94,7 @@ fn a_policy_edit_is_recorded_judged_at_the_old_time_and_survives_a_restart() -> 
     let then = explain(&collector.http, &["--at", &before_edit])?;
     ensure!(then.starts_with("ALLOWED"), "--at before the edit: {then}");
     check_history(&collector.http)?;
+    check_blame(&collector.http)?;
     let generation_before = current_generation(&collector.http)?;
     collector.kill()?;
 
@@ -174,4 +175,53 @@ fn current_generation(http: &str) -> Result<u64> {
     v["generation"]
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("no generation: {body}"))
+}
+
+/// Blame names the edit that broke web → db, rule by rule, and says "no
+/// change" for a connection whose verdict never flipped.
+fn check_blame(http: &str) -> Result<()> {
+    let blame = |from: &str, to: &str, output: &str| {
+        succeed(&[
+            "blame",
+            "--collector-http",
+            http,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            "5432",
+            "--output",
+            output,
+        ])
+    };
+    let json: serde_json::Value = serde_json::from_str(&blame("prod/web", "prod/db", "json")?)?;
+    ensure!(json["verdict_now"] == "denied", "{json:#}");
+    let changes = json["changes"].as_array().cloned().unwrap_or_default();
+    ensure!(changes.len() == 1, "{json:#}");
+    ensure!(
+        changes[0]["before"] == "allowed" && changes[0]["after"] == "denied",
+        "{json:#}"
+    );
+    let cause = &changes[0]["causes"][0];
+    ensure!(
+        cause["kind"] == "NetworkPolicy"
+            && cause["namespace"] == "prod"
+            && cause["name"] == "db-ingress"
+            && cause["change"] == "modified",
+        "{json:#}"
+    );
+    let detail = cause["detail"].as_str().unwrap_or_default();
+    ensure!(
+        detail.contains("prod/db-ingress ingress rule 0 changed")
+            && detail.contains("\"team\":\"a\"")
+            && detail.contains("\"team\":\"b\""),
+        "{detail}"
+    );
+    let text = blame("prod/db", "prod/web", "text")?;
+    ensure!(
+        text.contains("allowed now") && text.contains("no change"),
+        "{text}"
+    );
+    Ok(())
 }

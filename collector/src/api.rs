@@ -102,6 +102,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/explain", get(explain))
         .route("/api/v1/policies", get(policies))
         .route("/api/v1/lint", get(lint))
+        .route("/api/v1/blame", get(blame))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -536,6 +537,56 @@ async fn policies(State(state): State<AppState>) -> Result<Json<Value>, ApiError
     Ok(Json(
         json!({ "generation": snapshot.cluster.generation(), "policies": policies }),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+struct BlameParams {
+    from: Option<String>,
+    to: Option<String>,
+    port: Option<String>,
+    protocol: Option<String>,
+    /// Only flips since then (`7d` ago by default).
+    since: Option<String>,
+}
+
+/// The verdict now and every flip of it in the recorded history, with the
+/// changes that caused each.
+async fn blame(
+    State(state): State<AppState>,
+    Query(p): Query<BlameParams>,
+) -> Result<Json<Value>, ApiError> {
+    let from = Side::parse("from", p.from.as_deref())?;
+    let to = Side::parse("to", p.to.as_deref())?;
+    let port_text = p
+        .port
+        .as_deref()
+        .ok_or_else(|| ApiError::bad("port is required"))?;
+    let port: u16 = port_text
+        .parse()
+        .map_err(|_| ApiError::bad(format!("port={port_text:?}: expected 0-65535")))?;
+    let protocol: Protocol = match p.protocol.as_deref() {
+        None => Protocol::Tcp,
+        Some(text) => text
+            .parse()
+            .map_err(|e| ApiError::bad(format!("protocol={text:?}: {e}")))?,
+    };
+    let since = time_point("since", p.since.as_deref().unwrap_or("7d"))?;
+    let judge = |c: &Cluster| {
+        let (src, dst) = (from.endpoint(c).ok()?, to.endpoint(c).ok()?);
+        Some(c.verdict(&src, &dst, port, protocol).allowed)
+    };
+    let now = state.cluster.load();
+    let verdict_now = judge(&now.cluster).ok_or_else(|| ApiError::NotFound {
+        message: "an endpoint is not in the cluster now".into(),
+    })?;
+    let changes = {
+        let history = crate::cluster::state::lock(&state.history);
+        crate::blame::flips(&history, since, judge)
+    };
+    Ok(Json(json!({
+        "verdict_now": crate::blame::verdict_word(verdict_now),
+        "changes": changes,
+    })))
 }
 
 /// Every rule some stored flow was admitted by: `namespace/name/direction/index`.

@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod blame;
 pub mod certs;
 pub mod client;
 pub mod cluster;
