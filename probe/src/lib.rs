@@ -266,6 +266,8 @@ pub async fn run(
     tracing::info!(granularity = ?granularity, interval = ?config.export_interval, metrics = %metrics_addr, "probe running");
 
     let mut summary = Summary::default();
+    // Kernel counters already turned into metrics: (truncated, update failures).
+    let mut kernel_seen = (0u64, 0u64);
     let mut tick = tokio::time::interval(config.export_interval);
     tick.tick().await;
     tokio::pin!(shutdown);
@@ -299,6 +301,27 @@ pub async fn run(
                 lost = lost - prev,
                 "ring buffer full: events lost (counted)"
             );
+        }
+        for (index, seen, metric, what) in [
+            (
+                counter::TRUNCATED,
+                &mut kernel_seen.0,
+                &metrics.kernel_truncated_packets,
+                "truncated packets (counted)",
+            ),
+            (
+                counter::FLOW_UPDATE_FAIL,
+                &mut kernel_seen.1,
+                &metrics.kernel_flow_update_failures,
+                "kernel flow-table inserts failed: packets not counted (counted)",
+            ),
+        ] {
+            let total: u64 = counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0);
+            if total > *seen {
+                metric.inc_by(total - *seen);
+                tracing::warn!(count = total - *seen, "{what}");
+                *seen = total;
+            }
         }
         let evicted = agg.lock().unwrap().table_evictions;
         let prev = evictions.swap(evicted, std::sync::atomic::Ordering::Relaxed);

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub flow_table_evictions: Counter,
     pub endpoint_drops: Counter,
     pub other_protocol_packets: Counter,
+    /// The kernel's FG_CTR_TRUNCATED: packets too short for their headers.
+    pub kernel_truncated_packets: Counter,
+    /// The kernel's FG_CTR_FLOW_UPDATE_FAIL: flow-table inserts that failed.
+    pub kernel_flow_update_failures: Counter,
     pub batches_sent: Counter,
     pub batches_acked: Counter,
     pub batches_rejected: Counter,
@@ -70,6 +74,31 @@ impl Metrics {
             "unrelated_kernel_drops",
             "Kernel drops of traffic not seen on an observed interface (not exported)",
             self.unrelated_drops.clone(),
+        );
+        r.register(
+            "flow_table_evictions",
+            "Kernel flow-table entries evicted before the probe exported them",
+            self.flow_table_evictions.clone(),
+        );
+        r.register(
+            "endpoint_drops",
+            "Kernel drops at a socket endpoint (not a policy decision), not exported as flow drops",
+            self.endpoint_drops.clone(),
+        );
+        r.register(
+            "other_protocol_packets",
+            "Packets of protocols flowgate does not record as flows",
+            self.other_protocol_packets.clone(),
+        );
+        r.register(
+            "kernel_truncated_packets",
+            "Packets too short for the headers they announce (the kernel's FG_CTR_TRUNCATED)",
+            self.kernel_truncated_packets.clone(),
+        );
+        r.register(
+            "kernel_flow_update_failures",
+            "Flow-table inserts that failed in the kernel, so those packets were not counted (FG_CTR_FLOW_UPDATE_FAIL)",
+            self.kernel_flow_update_failures.clone(),
         );
         r.register(
             "export_batches_sent",
@@ -165,4 +194,33 @@ pub async fn serve(
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every loss the probe counts is exposed, so none is silent.
+    #[test]
+    fn every_loss_counter_is_exposed() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.flow_table_evictions.inc_by(3);
+        metrics.endpoint_drops.inc();
+        metrics.other_protocol_packets.inc_by(2);
+        metrics.kernel_truncated_packets.inc();
+        metrics.kernel_flow_update_failures.inc_by(4);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry()).unwrap();
+        for line in [
+            "flowgate_probe_flow_table_evictions_total 3",
+            "flowgate_probe_endpoint_drops_total 1",
+            "flowgate_probe_other_protocol_packets_total 2",
+            "flowgate_probe_kernel_truncated_packets_total 1",
+            "flowgate_probe_kernel_flow_update_failures_total 4",
+            "flowgate_probe_ringbuf_lost_events_total 0",
+            "flowgate_probe_buffer_overflow_records_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
 }
