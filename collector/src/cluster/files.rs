@@ -19,7 +19,9 @@ pub enum FilesError {
     },
 }
 
-/// Loads Namespaces, Pods and NetworkPolicies from files and folders.
+/// Loads Namespaces, Pods, Nodes, NetworkPolicies and the cluster tiers
+/// (AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy)
+/// from files and folders.
 pub fn load(paths: &[PathBuf]) -> Result<ClusterInputs, FilesError> {
     let objects = flowgate_policy::load_paths(paths).map_err(|source| FilesError::Load {
         paths: paths.to_vec(),

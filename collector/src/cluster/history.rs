@@ -174,6 +174,9 @@ impl Tracked {
             pods: self.pods.values().cloned().map(Arc::new).collect(),
             policies: self.policies.values().cloned().map(Arc::new).collect(),
             replica_sets: Vec::new(),
+            // The history does not record the cluster tiers yet.
+            nodes: Vec::new(),
+            cluster_policies: Vec::new(),
         }
     }
 

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use flowgate_policy::crd::ClusterPolicyObject;
 use flowgate_policy::{Cluster, ClusterObjects};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::mpsc;
 
@@ -81,6 +82,11 @@ pub struct ClusterInputs {
     /// For ReplicaSet → Deployment resolution; may be empty (then the
     /// engine's pod-template-hash naming rule is used).
     pub replica_sets: Vec<Arc<ReplicaSet>>,
+    /// Nodes, for the cluster tiers' `nodes` peers (from YAML; may be empty).
+    pub nodes: Vec<Arc<Node>>,
+    /// AdminNetworkPolicies, BaselineAdminNetworkPolicies and
+    /// ClusterNetworkPolicies (from YAML; may be empty).
+    pub cluster_policies: Vec<Arc<ClusterPolicyObject>>,
 }
 
 impl From<ClusterObjects> for ClusterInputs {
@@ -90,6 +96,8 @@ impl From<ClusterObjects> for ClusterInputs {
             pods: o.pods.into_iter().map(Arc::new).collect(),
             policies: o.policies.into_iter().map(Arc::new).collect(),
             replica_sets: Vec::new(),
+            nodes: o.nodes.into_iter().map(Arc::new).collect(),
+            cluster_policies: o.cluster_policies.into_iter().map(Arc::new).collect(),
         }
     }
 }
@@ -134,10 +142,12 @@ impl StateWriter {
     /// it in. Invalid objects are skipped, logged and counted.
     pub fn rebuild(&mut self, inputs: &ClusterInputs, now_ns: i64) {
         self.generation += 1;
-        let (cluster, errors) = Cluster::build_lenient(
+        let (cluster, errors) = Cluster::build_lenient_with_tiers(
             inputs.namespaces.iter().map(|n| n.as_ref()),
             inputs.pods.iter().map(|p| p.as_ref()),
             inputs.policies.iter().map(|p| p.as_ref()),
+            inputs.nodes.iter().map(|n| n.as_ref()),
+            inputs.cluster_policies.iter().map(|p| p.as_ref()),
             self.generation,
         );
         for e in &errors {
@@ -312,4 +322,43 @@ fn controller(
 /// is ignored.
 pub fn lock(history: &SharedHistory) -> std::sync::MutexGuard<'_, History> {
     history.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowgate_policy::{Protocol, Tier};
+
+    /// `--cluster` YAML with cluster-tier policies and Nodes: the snapshot
+    /// judges by them.
+    #[test]
+    fn yaml_tiers_and_nodes_reach_the_snapshot() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/fixtures");
+        let objects = flowgate_policy::load_paths(&[
+            dir.join("semantics/_base.yaml"),
+            dir.join("tiers/_nodes.yaml"),
+            dir.join("tiers/both-versions.yaml"),
+        ])
+        .unwrap();
+        let state = ClusterState::default();
+        let mut writer = StateWriter::new(
+            state.clone(),
+            Duration::from_secs(60),
+            Arc::new(Metrics::new()),
+        );
+        writer.rebuild(&ClusterInputs::from(objects), 1);
+        let snap = state.load();
+        let c = &snap.cluster;
+        assert_eq!(c.cluster_policies().count(), 4);
+        assert_eq!(c.nodes().len(), 2);
+        let client = c.pod_endpoint(c.find_pod("dev", "client").unwrap(), None);
+        let web = c.pod_endpoint(c.find_pod("prod", "web").unwrap(), None);
+        let v = c.verdict(&client, &web, 80, Protocol::Tcp);
+        assert!(!v.allowed);
+        assert_eq!(v.ingress.tier, Tier::Admin);
+        assert_eq!(
+            c.decided_by_key(v.ingress.decided_by.unwrap()),
+            "admin/anp-10/ingress/deny-dev"
+        );
+    }
 }

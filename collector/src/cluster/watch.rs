@@ -65,6 +65,9 @@ impl Stores {
             pods: self.pods.state(),
             policies: self.policies.state(),
             replica_sets: self.replica_sets.state(),
+            // The CRD watch is not there yet: tiers come from YAML only.
+            nodes: Vec::new(),
+            cluster_policies: Vec::new(),
         })
     }
 }

@@ -36,13 +36,72 @@ enum CompiledPeer {
     },
     /// Bitset over node indexes.
     Nodes(NsSet),
-    /// Read from the rule itself.
-    Networks,
+    Networks(Box<[ipnet::IpNet]>),
     DomainNames,
 }
 
-/// `[ingress, egress]`, per rule, per peer.
-type CompiledRules = [Vec<Vec<CompiledPeer>>; 2];
+/// A rule as the hot path reads it: contiguous with the other rules of its
+/// policy, with a port prefilter so most rules are rejected without
+/// touching anything else.
+#[derive(Clone, Debug)]
+struct CompiledRule {
+    action: TierAction,
+    /// No `ports`: every port and protocol.
+    any_port: bool,
+    /// Bit per protocol (TCP 1, UDP 2, SCTP 4) any port clause names.
+    protocols: u8,
+    /// Bounds of every port clause (named ports: 1-65535).
+    lo: u16,
+    hi: u16,
+    /// Exactly one numeric clause, so the prefilter is the whole check.
+    exact: bool,
+    peers: Box<[CompiledPeer]>,
+}
+
+fn protocol_bit(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 1,
+        Protocol::Udp => 2,
+        Protocol::Sctp => 4,
+        Protocol::Icmp | Protocol::Icmpv6 => 0,
+    }
+}
+
+impl CompiledRule {
+    fn new(rule: &TierRule, peers: Box<[CompiledPeer]>) -> Self {
+        let ports = rule.ports.as_deref().unwrap_or_default();
+        let (mut protocols, mut lo, mut hi) = (0u8, u16::MAX, 0u16);
+        for p in ports {
+            let (bits, a, b) = match p {
+                TierPort::Number { protocol, port } => (protocol_bit(*protocol), *port, *port),
+                TierPort::Range {
+                    protocol,
+                    start,
+                    end,
+                } => (protocol_bit(*protocol), *start, *end),
+                TierPort::Named(_) => (1 | 2 | 4, 1, u16::MAX),
+            };
+            protocols |= bits;
+            lo = lo.min(a);
+            hi = hi.max(b);
+        }
+        CompiledRule {
+            action: rule.action,
+            any_port: rule.ports.is_none(),
+            protocols,
+            lo,
+            hi,
+            exact: ports.len() == 1 && !matches!(ports[0], TierPort::Named(_)),
+            peers,
+        }
+    }
+
+    /// False only when no port clause can match.
+    fn port_may_match(&self, port: u16, protocol: Protocol) -> bool {
+        self.any_port
+            || (self.protocols & protocol_bit(protocol) != 0 && (self.lo..=self.hi).contains(&port))
+    }
+}
 
 #[derive(Debug, Default)]
 pub(super) struct Tiers {
@@ -52,7 +111,10 @@ pub(super) struct Tiers {
     policies: Vec<ClusterPolicyInfo>,
     /// Policies `0..admin_count` are the Admin tier.
     admin_count: u32,
-    compiled: Vec<CompiledRules>,
+    /// Every rule of every policy; per policy and direction contiguous.
+    rules: Vec<CompiledRule>,
+    /// Per policy, `[ingress, egress]`: `(first, end)` indexes into `rules`.
+    rule_ranges: Vec<[(u32, u32); 2]>,
     /// Per pod `[ingress, egress]`: policies whose subject it is, ascending.
     subjects: Vec<[Arc<[ClusterPolicyId]>; 2]>,
     selected: Vec<Vec<PodId>>,
@@ -90,18 +152,20 @@ impl Cluster {
         let mut subjects: Vec<[Vec<ClusterPolicyId>; 2]> =
             vec![Default::default(); self.pods.len()];
         for (pi, p) in policies.iter().enumerate() {
-            let compile = |rules: &[TierRule]| -> Vec<Vec<CompiledPeer>> {
-                rules
-                    .iter()
-                    .map(|r| {
-                        r.peers
-                            .iter()
-                            .map(|p| self.compile_peer(p, &nodes))
-                            .collect()
-                    })
-                    .collect()
-            };
-            t.compiled.push([compile(&p.ingress), compile(&p.egress)]);
+            let mut ranges = [(0u32, 0u32); 2];
+            for d in [Direction::Ingress, Direction::Egress] {
+                let first = t.rules.len() as u32;
+                for r in p.rules(d) {
+                    let peers = r
+                        .peers
+                        .iter()
+                        .map(|p| self.compile_peer(p, &nodes))
+                        .collect();
+                    t.rules.push(CompiledRule::new(r, peers));
+                }
+                ranges[dir_index(d)] = (first, t.rules.len() as u32);
+            }
+            t.rule_ranges.push(ranges);
             let mut sel = Vec::new();
             for (id, pod) in self.pods() {
                 if !pod.selectable() || !self.subject_matches(&p.subject, id, pod) {
@@ -117,13 +181,15 @@ impl Cluster {
             }
             t.selected.push(sel);
         }
-        let none: Arc<[ClusterPolicyId]> = Arc::from(Vec::new());
-        let share = |v: Vec<ClusterPolicyId>| {
-            if v.is_empty() {
-                none.clone()
-            } else {
-                Arc::from(v)
-            }
+        // Pods with the same subject lists share one allocation: few
+        // distinct lists, so the hot path stays in cache.
+        let mut interned: FxHashMap<Vec<ClusterPolicyId>, Arc<[ClusterPolicyId]>> =
+            FxHashMap::default();
+        let mut share = |v: Vec<ClusterPolicyId>| {
+            interned
+                .entry(v)
+                .or_insert_with_key(|v| Arc::from(v.as_slice()))
+                .clone()
         };
         t.subjects = subjects
             .into_iter()
@@ -163,7 +229,7 @@ impl Cluster {
             TierPeer::Nodes(s) => {
                 CompiledPeer::Nodes(bitset(nodes.len(), |i| s.matches(&nodes[i].labels)))
             }
-            TierPeer::Networks(_) => CompiledPeer::Networks,
+            TierPeer::Networks(nets) => CompiledPeer::Networks(nets.clone().into_boxed_slice()),
             TierPeer::DomainNames(_) => CompiledPeer::DomainNames,
         }
     }
@@ -186,6 +252,9 @@ impl Cluster {
     /// The node an endpoint is: by address, or the node a host-network pod
     /// runs on.
     pub(crate) fn node_of(&self, e: &Endpoint) -> Option<u32> {
+        if self.tiers.nodes.is_empty() {
+            return None;
+        }
         if let Some(&n) = self.tiers.node_by_ip.get(&e.ip) {
             return Some(n);
         }
@@ -196,6 +265,11 @@ impl Cluster {
         self.tiers.node_by_name.get(pod.node.as_deref()?).copied()
     }
 
+    fn compiled_rules(&self, policy: ClusterPolicyId, direction: Direction) -> &[CompiledRule] {
+        let (first, end) = self.tiers.rule_ranges[policy.0 as usize][dir_index(direction)];
+        &self.tiers.rules[first as usize..end as usize]
+    }
+
     pub(crate) fn tier_peer_matches(
         &self,
         rule: TierRuleId,
@@ -203,8 +277,16 @@ impl Cluster {
         subject: PodId,
         other: &Endpoint,
     ) -> bool {
-        let compiled = &self.tiers.compiled[rule.policy.0 as usize][dir_index(rule.direction)]
-            [rule.index as usize][peer];
+        let compiled = &self.compiled_rules(rule.policy, rule.direction)[rule.index as usize];
+        self.compiled_peer_matches(&compiled.peers[peer], subject, other)
+    }
+
+    fn compiled_peer_matches(
+        &self,
+        compiled: &CompiledPeer,
+        subject: PodId,
+        other: &Endpoint,
+    ) -> bool {
         match compiled {
             CompiledPeer::Namespaces(ns) => self
                 .selectable_pod(other)
@@ -213,10 +295,7 @@ impl Cluster {
                 self.ns_matches(ns, subject, o) && pods.matches(&self.pod(o).labels)
             }),
             CompiledPeer::Nodes(set) => self.node_of(other).is_some_and(|n| set.contains(n)),
-            CompiledPeer::Networks => match &self.tier_rule(rule).peers[peer] {
-                TierPeer::Networks(nets) => nets.iter().any(|n| n.contains(&other.ip)),
-                _ => false,
-            },
+            CompiledPeer::Networks(nets) => nets.iter().any(|n| n.contains(&other.ip)),
             CompiledPeer::DomainNames => false,
         }
     }
@@ -289,9 +368,8 @@ impl Cluster {
         dst_pod: Option<&PodInfo>,
     ) -> Option<(TierRuleId, TierAction)> {
         for &policy in self.tier_subject_policies(tier, subject, direction) {
-            let rules = self.tiers.policies[policy.0 as usize].rules(direction);
-            for (ri, rule) in rules.iter().enumerate() {
-                if !Self::tier_rule_ports_match(rule, port, protocol, dst_pod) {
+            for (ri, rule) in self.compiled_rules(policy, direction).iter().enumerate() {
+                if !rule.port_may_match(port, protocol) {
                     continue;
                 }
                 let id = TierRuleId {
@@ -299,7 +377,18 @@ impl Cluster {
                     direction,
                     index: ri as u32,
                 };
-                if (0..rule.peers.len()).any(|pi| self.tier_peer_matches(id, pi, subject, other)) {
+                // Several clauses or a named port: the full check.
+                if !rule.exact
+                    && !rule.any_port
+                    && !Self::tier_rule_ports_match(self.tier_rule(id), port, protocol, dst_pod)
+                {
+                    continue;
+                }
+                if rule
+                    .peers
+                    .iter()
+                    .any(|p| self.compiled_peer_matches(p, subject, other))
+                {
                     return Some((id, rule.action));
                 }
             }
