@@ -5,7 +5,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use flowgate_collector::{ClusterSource, Config};
@@ -28,41 +27,41 @@ pub(crate) struct Args {
     #[arg(long, default_value = "1s", env = "FLOWGATE_CLUSTER_POLL", value_parser = humantime::parse_duration)]
     cluster_poll: std::time::Duration,
     /// gRPC address probes send flows to; port 0 picks a free port (printed).
-    #[arg(long, default_value = "0.0.0.0:4245", env = "FLOWGATE_GRPC_LISTEN")]
+    #[arg(long, default_value_t = defaults().grpc_listen, env = "FLOWGATE_GRPC_LISTEN")]
     grpc_listen: SocketAddr,
     /// HTTP address of the API, metrics and dashboard; port 0 picks a free port (printed).
-    #[arg(long, default_value = "0.0.0.0:8080", env = "FLOWGATE_HTTP_LISTEN")]
+    #[arg(long, default_value_t = defaults().http_listen, env = "FLOWGATE_HTTP_LISTEN")]
     http_listen: SocketAddr,
     /// Where flows are kept (write-ahead log and Parquet files); must survive
     /// restarts for acknowledged flows to survive them.
-    #[arg(long, default_value = "/var/lib/flowgate", env = "FLOWGATE_DATA_DIR")]
+    #[arg(long, default_value = Config::DEFAULT_DATA_DIR, env = "FLOWGATE_DATA_DIR")]
     data_dir: PathBuf,
     /// Flows older than this are deleted; longer keeps more history on disk.
-    #[arg(long, default_value = "7d", env = "FLOWGATE_RETENTION", value_parser = humantime::parse_duration)]
-    retention: Duration,
+    #[arg(long, default_value_t = defaults().retention.into(), env = "FLOWGATE_RETENTION")]
+    retention: humantime::Duration,
     /// Oldest flows are deleted once the store is larger (e.g. 20GiB); unset: no size limit.
     #[arg(long, env = "FLOWGATE_MAX_STORE_SIZE", value_parser = parse_size)]
     max_store_size: Option<u64>,
     /// Batches with more flows are rejected; larger allows bigger probe
     /// batches at the cost of memory per request.
-    #[arg(long, default_value_t = 10_000, env = "FLOWGATE_MAX_BATCH_FLOWS")]
+    #[arg(long, default_value_t = defaults().max_batch_flows, env = "FLOWGATE_MAX_BATCH_FLOWS")]
     max_batch_flows: usize,
     /// SQL queries running longer are cancelled.
-    #[arg(long, default_value = "30s", env = "FLOWGATE_QUERY_TIMEOUT", value_parser = humantime::parse_duration)]
-    query_timeout: Duration,
+    #[arg(long, default_value_t = defaults().query_timeout.into(), env = "FLOWGATE_QUERY_TIMEOUT")]
+    query_timeout: humantime::Duration,
     /// SQL results are truncated after this many rows (the answer says so).
-    #[arg(long, default_value_t = 100_000, env = "FLOWGATE_QUERY_MAX_ROWS")]
+    #[arg(long, default_value_t = defaults().query_max_rows, env = "FLOWGATE_QUERY_MAX_ROWS")]
     query_max_rows: usize,
     /// Cluster changes are gathered this long before the policy snapshot is
     /// rebuilt: longer costs fewer rebuilds under churn, shorter reacts faster.
-    #[arg(long, default_value = "200ms", env = "FLOWGATE_REBUILD_DEBOUNCE", value_parser = humantime::parse_duration)]
-    rebuild_debounce: Duration,
+    #[arg(long, default_value_t = defaults().rebuild_debounce.into(), env = "FLOWGATE_REBUILD_DEBOUNCE")]
+    rebuild_debounce: humantime::Duration,
     /// How long a deleted pod still names its IP for late flows; longer costs memory.
-    #[arg(long, default_value = "1h", env = "FLOWGATE_TOMBSTONE_RETENTION", value_parser = humantime::parse_duration)]
-    tombstone_retention: Duration,
+    #[arg(long, default_value_t = defaults().tombstone_retention.into(), env = "FLOWGATE_TOMBSTONE_RETENTION")]
+    tombstone_retention: humantime::Duration,
     /// Rows buffered in memory before they are written as a Parquet file:
     /// more makes bigger files and uses more memory.
-    #[arg(long, default_value_t = 100_000, env = "FLOWGATE_FLUSH_ROWS")]
+    #[arg(long, default_value_t = defaults().flush_rows, env = "FLOWGATE_FLUSH_ROWS")]
     flush_rows: usize,
     /// The collector's certificate (PEM) for gRPC: with --tls-key and
     /// --client-ca, probes must present a client certificate signed by that
@@ -118,6 +117,11 @@ enum ApiAuthArg {
     Kubernetes,
 }
 
+/// The collector's defaults: one place, shown by `--help`.
+fn defaults() -> &'static Config {
+    Config::defaults()
+}
+
 fn parse_size(text: &str) -> Result<u64, String> {
     text.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
@@ -133,13 +137,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = Config::new(source, args.data_dir);
     config.grpc_listen = args.grpc_listen;
     config.http_listen = args.http_listen;
-    config.retention = args.retention;
+    config.retention = args.retention.into();
     config.max_store_size = args.max_store_size;
     config.max_batch_flows = args.max_batch_flows;
-    config.query_timeout = args.query_timeout;
+    config.query_timeout = args.query_timeout.into();
     config.query_max_rows = args.query_max_rows;
-    config.rebuild_debounce = args.rebuild_debounce;
-    config.tombstone_retention = args.tombstone_retention;
+    config.rebuild_debounce = args.rebuild_debounce.into();
+    config.tombstone_retention = args.tombstone_retention.into();
     config.cluster_poll = args.cluster_poll;
     config.flush_rows = args.flush_rows;
     if let (Some(cert), Some(key), Some(client_ca)) = (args.tls_cert, args.tls_key, args.client_ca)

@@ -130,7 +130,20 @@ fn query_prints_a_table_and_the_api_answers_filters_and_explanations() -> Result
     assert_eq!(listed[0]["enforcement_mismatch"], true);
     let (status, body) = http("GET", &collector.http, "/api/v1/flows?verdict=maybe", None)?;
     assert_eq!(status, 400);
-    assert!(body.contains("expected allowed or denied"), "{body}");
+    assert!(body.contains("expected one of allowed, denied"), "{body}");
+    // The same filters over connections: one row for that connection.
+    let (status, body) = http(
+        "GET",
+        &collector.http,
+        "/api/v1/connections?namespace=shop&verdict=denied&port=5432&since=1h",
+        None,
+    )?;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body)?;
+    let listed = answer["connections"].as_array().context("connections")?;
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["src_pod"], "client");
+    assert_eq!(listed[0]["enforcement_mismatch"], true);
 
     // One end, a policy, mismatches: what the dashboard's map and policy
     // pages link to.

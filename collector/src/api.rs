@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flowgate_policy::{Cluster, Endpoint, Protocol};
-use flowgate_query::{FlowStore, QueryEngine, QueryError, QueryResult};
+use flowgate_query::filter::{self, Expr};
+use flowgate_query::{FlowStore, QueryEngine, QueryError, QueryResult, Verdict};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -99,6 +100,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/query", post(query))
         .route("/api/v1/flows", get(flows))
+        .route("/api/v1/connections", get(connections))
         .route("/api/v1/explain", get(explain))
         .route("/api/v1/policies", get(policies))
         .route("/api/v1/lint", get(lint))
@@ -193,20 +195,20 @@ async fn query(
 
 /// One end of a flow (`side` is `src` or `dst`) as a user names it: an IP,
 /// a namespace, or `namespace/name` where name is a workload or a pod.
-fn end_filter(side: &str, param: &str, value: &str) -> Result<String, ApiError> {
+fn end_filter(side: &str, param: &str, value: &str) -> Result<Expr, ApiError> {
+    let column = |name: &str| format!("{side}_{name}");
     if let Ok(ip) = value.parse::<IpAddr>() {
-        return Ok(format!("{side}_ip = {}", lit(&ip.to_string())));
+        return Ok(filter::eq(&column("ip"), ip.to_string()));
     }
     if let Some(prefix) = ipv4_octet_prefix(value) {
-        return Ok(format!("starts_with({side}_ip, {})", lit(&prefix)));
+        return Ok(filter::prefix(&column("ip"), prefix));
     }
     match value.split_once('/') {
-        None if !value.is_empty() => Ok(format!("{side}_namespace = {}", lit(value))),
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok(format!(
-            "({side}_namespace = {0} AND ({side}_workload = {1} OR {side}_pod = {1}))",
-            lit(ns),
-            lit(name)
-        )),
+        None if !value.is_empty() => Ok(filter::eq(&column("namespace"), value)),
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
+            Ok(filter::eq(&column("namespace"), ns)
+                .and(filter::eq(&column("workload"), name).or(filter::eq(&column("pod"), name))))
+        }
         _ => Err(ApiError::bad(format!(
             "{param}={value:?}: expected an IP, an IPv4 /8, /16 or /24 network, a namespace, or namespace/workload-or-pod"
         ))),
@@ -229,18 +231,28 @@ fn ipv4_octet_prefix(value: &str) -> Option<String> {
 }
 
 /// The `rows` of a query's JSON answer.
-async fn sql_rows(state: &AppState, sql: &str) -> Result<Value, ApiError> {
-    let result = run_sql(state, sql).await?;
-    Ok(result
+fn rows(result: QueryResult) -> Value {
+    result
         .to_json()
         .get("rows")
         .cloned()
-        .unwrap_or_else(|| json!([])))
+        .unwrap_or_else(|| json!([]))
 }
 
-/// A SQL string literal.
-fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// The newest `limit` rows of `table` matching `filter`, as JSON rows.
+async fn newest_rows(
+    state: &AppState,
+    table: &str,
+    filter: Option<Expr>,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    let started = Instant::now();
+    let result = state.engine.newest(table, filter, limit).await;
+    state
+        .metrics
+        .query_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Ok(rows(result?))
 }
 
 /// `1h` (that long ago) or nanoseconds since the epoch.
@@ -278,22 +290,35 @@ async fn flows(
     State(state): State<AppState>,
     Query(p): Query<FlowsParams>,
 ) -> Result<Json<Value>, ApiError> {
+    let (filter, limit) = list_filter(&p, state.max_rows)?;
+    let rows = newest_rows(&state, "flows", filter, limit).await?;
+    Ok(Json(json!({ "flows": rows })))
+}
+
+/// The same filters over `connections`: one row per connection and minute.
+async fn connections(
+    State(state): State<AppState>,
+    Query(p): Query<FlowsParams>,
+) -> Result<Json<Value>, ApiError> {
+    let (filter, limit) = list_filter(&p, state.max_rows)?;
+    let rows = newest_rows(&state, "connections", filter, limit).await?;
+    Ok(Json(json!({ "connections": rows })))
+}
+
+/// The filter and row count that list parameters ask for (columns both
+/// `flows` and `connections` have).
+fn list_filter(p: &FlowsParams, max_rows: usize) -> Result<(Option<Expr>, usize), ApiError> {
     let mut filters = Vec::new();
     if let Some(ns) = &p.namespace {
-        filters.push(format!(
-            "(src_namespace = {0} OR dst_namespace = {0})",
-            lit(ns)
-        ));
+        filters.push(filter::eq("src_namespace", ns).or(filter::eq("dst_namespace", ns)));
     }
     if let Some(pod) = &p.pod {
         // `ns/pod` or a bare pod name.
         filters.push(match pod.split_once('/') {
-            Some((ns, name)) => format!(
-                "((src_namespace = {0} AND src_pod = {1}) OR (dst_namespace = {0} AND dst_pod = {1}))",
-                lit(ns),
-                lit(name)
-            ),
-            None => format!("(src_pod = {0} OR dst_pod = {0})", lit(pod)),
+            Some((ns, name)) => filter::eq("src_namespace", ns)
+                .and(filter::eq("src_pod", name))
+                .or(filter::eq("dst_namespace", ns).and(filter::eq("dst_pod", name))),
+            None => filter::eq("src_pod", pod).or(filter::eq("dst_pod", pod)),
         });
     }
     if let Some(from) = &p.from {
@@ -311,15 +336,13 @@ async fn flows(
                 "policy={policy:?}: expected namespace/name"
             )));
         }
-        filters.push(format!(
-            "(array_has(allowed_by, {0}) OR array_has(denied_by, {0}))",
-            lit(policy)
-        ));
+        filters
+            .push(filter::list_has("allowed_by", policy).or(filter::list_has("denied_by", policy)));
     }
     match p.mismatch.as_deref() {
         None | Some("") => {}
-        Some("true") => filters.push("enforcement_mismatch".into()),
-        Some("false") => filters.push("NOT enforcement_mismatch".into()),
+        Some("true") => filters.push(filter::col("enforcement_mismatch")),
+        Some("false") => filters.push(filter::not(filter::col("enforcement_mismatch"))),
         Some(other) => {
             return Err(ApiError::bad(format!(
                 "mismatch={other:?}: expected true or false"
@@ -327,30 +350,22 @@ async fn flows(
         }
     }
     if let Some(v) = &p.verdict {
-        if v != "allowed" && v != "denied" {
-            return Err(ApiError::bad(format!(
-                "verdict={v:?}: expected allowed or denied"
-            )));
-        }
-        filters.push(format!("verdict = {}", lit(v)));
+        let v: Verdict = v
+            .parse()
+            .map_err(|e| ApiError::bad(format!("verdict={v:?}: {e}")))?;
+        filters.push(filter::eq("verdict", v.as_str()));
     }
     if let Some(port) = &p.port {
         let port: u16 = port
             .parse()
             .map_err(|_| ApiError::bad(format!("port={port:?}: expected 0-65535")))?;
-        filters.push(format!("dst_port = {port}"));
+        filters.push(filter::col("dst_port").eq(filter::lit(port)));
     }
     if let Some(since) = &p.since {
-        filters.push(format!(
-            "time >= to_timestamp_nanos({})",
-            time_bound("since", since)?
-        ));
+        filters.push(filter::col("time").gt_eq(filter::timestamp(time_bound("since", since)?)));
     }
     if let Some(until) = &p.until {
-        filters.push(format!(
-            "time < to_timestamp_nanos({})",
-            time_bound("until", until)?
-        ));
+        filters.push(filter::col("time").lt(filter::timestamp(time_bound("until", until)?)));
     }
     let limit = match &p.limit {
         Some(l) => l
@@ -358,15 +373,8 @@ async fn flows(
             .map_err(|_| ApiError::bad(format!("limit={l:?}: expected a number")))?,
         None => 100,
     }
-    .min(state.max_rows);
-    let filter = if filters.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", filters.join(" AND "))
-    };
-    let sql = format!("SELECT * FROM flows{filter} ORDER BY time DESC LIMIT {limit}");
-    let rows = sql_rows(&state, &sql).await?;
-    Ok(Json(json!({ "flows": rows })))
+    .min(max_rows);
+    Ok((filter::all(filters), limit))
 }
 
 #[derive(Debug, Deserialize)]
@@ -456,17 +464,12 @@ impl Side {
         }
     }
 
-    /// SQL predicate for this side in the `src` or `dst` columns.
-    fn predicate(&self, side: &str) -> String {
+    /// This side in the `src` or `dst` columns.
+    fn predicate(&self, side: &str) -> Expr {
         match self {
-            Side::Ip(ip) => format!("{side}_ip = {}", lit(&ip.to_string())),
-            Side::Pod { namespace, name } => {
-                format!(
-                    "({side}_namespace = {} AND {side}_pod = {})",
-                    lit(namespace),
-                    lit(name)
-                )
-            }
+            Side::Ip(ip) => filter::eq(&format!("{side}_ip"), ip.to_string()),
+            Side::Pod { namespace, name } => filter::eq(&format!("{side}_namespace"), namespace)
+                .and(filter::eq(&format!("{side}_pod"), name)),
         }
     }
 }
@@ -500,16 +503,20 @@ async fn explain(
     let explanation = serde_json::to_value(&explanation).map_err(|e| ApiError::Internal {
         message: e.to_string(),
     })?;
-    let proto = lit(protocol.as_str());
-    let sql = format!(
-        "SELECT * FROM flows WHERE protocol = {proto} AND (({} AND {} AND dst_port = {port} AND NOT is_reply) \
-         OR ({} AND {} AND src_port = {port} AND is_reply)) ORDER BY time DESC LIMIT 100",
-        from.predicate("src"),
-        to.predicate("dst"),
-        to.predicate("src"),
-        from.predicate("dst"),
-    );
-    let rows = sql_rows(&state, &sql).await?;
+    // The connection's own packets, and its replies (which go the other way).
+    let port_is = |column: &str| filter::col(column).eq(filter::lit(port));
+    let forward = from
+        .predicate("src")
+        .and(to.predicate("dst"))
+        .and(port_is("dst_port"))
+        .and(filter::not(filter::col("is_reply")));
+    let replies = to
+        .predicate("src")
+        .and(from.predicate("dst"))
+        .and(port_is("src_port"))
+        .and(filter::col("is_reply"));
+    let seen = filter::eq("protocol", protocol.as_str()).and(forward.or(replies));
+    let rows = newest_rows(&state, "flows", Some(seen), 100).await?;
     Ok(Json(json!({
         "generation": cluster.generation(),
         "explanation": explanation,
@@ -598,7 +605,7 @@ const HIT_RULES_SQL: &str =
 async fn lint(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let snapshot = state.cluster.load();
     let cluster = &snapshot.cluster;
-    let rows = sql_rows(&state, HIT_RULES_SQL).await?;
+    let rows = rows(run_sql(&state, HIT_RULES_SQL).await?);
     let hit: std::collections::HashSet<String> = rows
         .as_array()
         .into_iter()

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use flowgate_query::{QueryLimits, StoreConfig};
+
 /// Where cluster state (pods, namespaces, policies) comes from.
 #[derive(Debug, Clone)]
 pub enum ClusterSource {
@@ -60,23 +62,34 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where `flowgate collector` keeps its store unless told otherwise.
+    pub const DEFAULT_DATA_DIR: &str = "/var/lib/flowgate";
+
+    /// The defaults, as `flowgate collector --help` shows them.
+    pub fn defaults() -> &'static Config {
+        static DEFAULTS: std::sync::LazyLock<Config> = std::sync::LazyLock::new(|| {
+            Config::new(ClusterSource::Kubernetes, Config::DEFAULT_DATA_DIR.into())
+        });
+        &DEFAULTS
+    }
+
     pub fn new(cluster: ClusterSource, data_dir: PathBuf) -> Self {
         Self {
             cluster,
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], flowgate_proto::DEFAULT_GRPC_PORT)),
             http_listen: SocketAddr::from(([0, 0, 0, 0], flowgate_proto::DEFAULT_HTTP_PORT)),
             data_dir,
-            retention: Duration::from_secs(7 * 24 * 3600),
+            retention: StoreConfig::DEFAULT_RETENTION,
             max_store_size: None,
             max_batch_flows: 10_000,
-            query_timeout: Duration::from_secs(30),
-            query_max_rows: 100_000,
+            query_timeout: QueryLimits::default().timeout,
+            query_max_rows: QueryLimits::default().max_rows,
             rebuild_debounce: Duration::from_millis(200),
             cluster_poll: Duration::from_secs(1),
             tombstone_retention: Duration::from_secs(3600),
             verdict_cache_entries: 65_536,
-            flush_rows: 100_000,
-            partition: Duration::from_secs(3600),
+            flush_rows: StoreConfig::DEFAULT_FLUSH_ROWS,
+            partition: StoreConfig::DEFAULT_PARTITION,
             grpc_tls: None,
             http_tls: None,
             api_auth: crate::auth::AuthMode::Open,

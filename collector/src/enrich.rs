@@ -14,7 +14,11 @@ use flowgate_policy::{
     VerdictCache,
 };
 use flowgate_proto::v1::{self, Flow};
-use flowgate_query::{FlowBatchBuilder, FlowRef};
+use flowgate_query::{
+    Direction as FlowDirection, DirectionVerdict as FlowDirectionVerdict, Failure,
+    FlowBatchBuilder, FlowRef, KernelFate, Outcome, Protocol as FlowProtocol, TextList,
+    Tier as FlowTier, Verdict as FlowVerdict,
+};
 use rustc_hash::FxHashMap;
 
 use crate::cluster::Snapshot;
@@ -64,9 +68,9 @@ pub struct Checked {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub protocol: Protocol,
-    /// "ingress", "egress", or "unknown" for a drop only the kernel's
-    /// drop tracepoint saw (no TC hook, so no side of an interface).
-    pub direction: &'static str,
+    /// `Unknown` for a drop only the kernel's drop tracepoint saw (no TC
+    /// hook, so no side of an interface).
+    pub direction: FlowDirection,
     pub dropped: bool,
     pub first_ns: i64,
     pub last_ns: i64,
@@ -110,9 +114,9 @@ pub fn check(flow: &Flow) -> Result<Checked, Malformed> {
         }
     };
     let direction = match v1::Direction::try_from(flow.direction) {
-        Ok(v1::Direction::Ingress) => "ingress",
-        Ok(v1::Direction::Egress) => "egress",
-        Ok(v1::Direction::Unspecified) if dropped => "unknown",
+        Ok(v1::Direction::Ingress) => FlowDirection::Ingress,
+        Ok(v1::Direction::Egress) => FlowDirection::Egress,
+        Ok(v1::Direction::Unspecified) if dropped => FlowDirection::Unknown,
         Ok(v1::Direction::Unspecified) => return Err(Malformed::DirectionMissing),
         Err(_) => {
             return Err(Malformed::Direction {
@@ -260,10 +264,39 @@ impl Enricher {
         tally.mismatches += u64::from(mismatch);
         let (allowed_by, allowed_rules, denied_by) = policy_names(&snapshot.names, verdict);
         let dir = |d: &flowgate_policy::DirectionVerdict| match (d.applicable, d.allowed) {
-            (false, _) => "not_applicable",
-            (true, true) => "allowed",
-            (true, false) => "denied",
+            (false, _) => FlowDirectionVerdict::NotApplicable,
+            (true, true) => FlowDirectionVerdict::Allowed,
+            (true, false) => FlowDirectionVerdict::Denied,
         };
+        let tier = |d: &flowgate_policy::DirectionVerdict| match d.tier {
+            Tier::Admin => FlowTier::Admin,
+            Tier::NetworkPolicy => FlowTier::NetworkPolicy,
+            Tier::Baseline => FlowTier::Baseline,
+            Tier::Default => FlowTier::Default,
+            Tier::NotApplicable => FlowTier::NotApplicable,
+        };
+        // `tier/policy/direction/rule`; only flows a cluster tier decided
+        // pay for the text.
+        let decided_by: Vec<String> = [
+            (&verdict.egress, PolicyDirection::Egress),
+            (&verdict.ingress, PolicyDirection::Ingress),
+        ]
+        .into_iter()
+        .filter_map(|(d, direction)| {
+            let id = d.decided_by?;
+            let p = cluster.cluster_policy(id.policy);
+            let dir = match direction {
+                PolicyDirection::Ingress => "ingress",
+                PolicyDirection::Egress => "egress",
+            };
+            Some(format!(
+                "{}/{}/{dir}/{}",
+                tier(d),
+                p.name,
+                p.rule_label(id.direction, id.index)
+            ))
+        })
+        .collect();
         self.src_ip.clear();
         self.dst_ip.clear();
         // Writing to a String cannot fail.
@@ -271,8 +304,8 @@ impl Enricher {
         let _ = write!(self.dst_ip, "{}", c.dst);
         let (src_id, dst_id) = (identity(src_at), identity(dst_at));
         out.push(&FlowRef {
-            time_ns: c.first_ns,
-            last_seen_ns: c.last_ns,
+            time: c.first_ns,
+            last_seen: c.last_ns,
             node: if flow.node.is_empty() {
                 node
             } else {
@@ -285,7 +318,7 @@ impl Enricher {
             dst_ip: &self.dst_ip,
             src_port: c.src_port,
             dst_port: c.dst_port,
-            protocol: c.protocol.as_str(),
+            protocol: flow_protocol(c.protocol),
             packets: flow.packets,
             bytes: flow.bytes,
             tcp_flags: c.tcp_flags,
@@ -300,17 +333,63 @@ impl Enricher {
             dst_workload: dst_id.and_then(|i| i.workload.as_deref()),
             dst_workload_kind: dst_id.and_then(|i| i.workload_kind.as_deref()),
             dst_labels: dst_id.map(|i| i.labels_json.as_str()),
-            verdict: if allowed { "allowed" } else { "denied" },
+            src_dns_name: (!flow.src_dns_name.is_empty()).then_some(flow.src_dns_name.as_str()),
+            dst_dns_name: (!flow.dst_dns_name.is_empty()).then_some(flow.dst_dns_name.as_str()),
+            verdict: FlowVerdict::from(allowed),
             egress_verdict: dir(&verdict.egress),
             ingress_verdict: dir(&verdict.ingress),
-            allowed_by: &allowed_by,
-            allowed_rules: &allowed_rules,
-            denied_by: &denied_by,
+            egress_tier: Some(tier(&verdict.egress)),
+            ingress_tier: Some(tier(&verdict.ingress)),
+            allowed_by: TextList::Borrowed(&allowed_by),
+            allowed_rules: TextList::Borrowed(&allowed_rules),
+            denied_by: TextList::Borrowed(&denied_by),
+            decided_by: TextList::Owned(&decided_by),
             policy_generation: verdict.generation,
-            kernel_fate: if c.dropped { "dropped" } else { "forwarded" },
+            kernel_fate: if c.dropped {
+                KernelFate::Dropped
+            } else {
+                KernelFate::Forwarded
+            },
             drop_reason: (!flow.drop_reason.is_empty()).then_some(flow.drop_reason.as_str()),
+            outcome: outcome(flow.outcome),
+            failure: failure(flow.failure),
             enforcement_mismatch: mismatch,
         });
+    }
+}
+
+/// The probe's outcome; unspecified (or a value newer than this collector)
+/// stores NULL: nothing could be said.
+fn outcome(value: i32) -> Option<Outcome> {
+    Some(match v1::Outcome::try_from(value).ok()? {
+        v1::Outcome::Unspecified => return None,
+        v1::Outcome::Established => Outcome::Established,
+        v1::Outcome::Refused => Outcome::Refused,
+        v1::Outcome::Unanswered => Outcome::Unanswered,
+        v1::Outcome::Dropped => Outcome::Dropped,
+        v1::Outcome::Reset => Outcome::Reset,
+        v1::Outcome::Closed => Outcome::Closed,
+    })
+}
+
+fn failure(value: i32) -> Option<Failure> {
+    Some(match v1::Failure::try_from(value).ok()? {
+        v1::Failure::Unspecified => return None,
+        v1::Failure::Policy => Failure::Policy,
+        v1::Failure::NoListener => Failure::NoListener,
+        v1::Failure::Conntrack => Failure::Conntrack,
+        v1::Failure::Routing => Failure::Routing,
+        v1::Failure::Other => Failure::Other,
+    })
+}
+
+fn flow_protocol(p: Protocol) -> FlowProtocol {
+    match p {
+        Protocol::Tcp => FlowProtocol::Tcp,
+        Protocol::Udp => FlowProtocol::Udp,
+        Protocol::Sctp => FlowProtocol::Sctp,
+        Protocol::Icmp => FlowProtocol::Icmp,
+        Protocol::Icmpv6 => FlowProtocol::Icmpv6,
     }
 }
 
@@ -465,7 +544,7 @@ mod tests {
         let c = check(&flow()).unwrap();
         assert_eq!(c.src, "10.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(c.dst_port, 80);
-        assert!(c.direction == "egress" && !c.dropped);
+        assert!(c.direction == FlowDirection::Egress && !c.dropped);
     }
 
     #[test]
@@ -474,7 +553,7 @@ mod tests {
         f.direction = v1::Direction::Unspecified as i32;
         f.kernel_fate = v1::KernelFate::Dropped as i32;
         let c = check(&f).unwrap();
-        assert!(c.direction == "unknown" && c.dropped);
+        assert!(c.direction == FlowDirection::Unknown && c.dropped);
         f.kernel_fate = v1::KernelFate::Forwarded as i32;
         assert_eq!(check(&f).unwrap_err(), Malformed::DirectionMissing);
     }

@@ -6,7 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use flowgate_query::{FlowRow, FlowStore, QueryEngine, QueryLimits, StoreConfig};
+use flowgate_query::{
+    Direction, DirectionVerdict, FlowRow, FlowStore, KernelFate, Outcome, Protocol, QueryEngine,
+    QueryLimits, StoreConfig, Tier, Verdict,
+};
 
 const TOTAL: usize = 10_000_000;
 const CHUNK: usize = 50_000;
@@ -31,14 +34,14 @@ fn chunk(rng: &mut Rng, start_ns: i64, span_ns: i64) -> Vec<FlowRow> {
             let t = start_ns + rng.below(span_ns as u64) as i64;
             let ns = |n: u64| Some(format!("ns-{n}"));
             FlowRow {
-                time_ns: t,
-                last_seen_ns: t + 1_000_000_000,
+                time: t,
+                last_seen: t + 1_000_000_000,
                 node: format!("node-{}", rng.below(20)),
                 interface: format!("veth{:x}", rng.below(10_000)),
                 direction: if rng.below(2) == 0 {
-                    "ingress".into()
+                    Direction::Ingress
                 } else {
-                    "egress".into()
+                    Direction::Egress
                 },
                 ip_version: 4,
                 src_ip: format!("10.{}.{}.{}", sn, sp, rng.below(250)),
@@ -49,7 +52,7 @@ fn chunk(rng: &mut Rng, start_ns: i64, span_ns: i64) -> Vec<FlowRow> {
                 },
                 src_port: 30000 + rng.below(30000) as u16,
                 dst_port: [80, 443, 8080, 5432, 53][rng.below(5) as usize],
-                protocol: "TCP".into(),
+                protocol: Protocol::Tcp,
                 packets: 1 + rng.below(100),
                 bytes: 60 + rng.below(100_000),
                 tcp_flags: 0x18,
@@ -80,17 +83,24 @@ fn chunk(rng: &mut Rng, start_ns: i64, span_ns: i64) -> Vec<FlowRow> {
                 } else {
                     Some(format!("{{\"app\":\"app-{dp}\"}}"))
                 },
-                verdict: if denied {
-                    "denied".into()
-                } else {
-                    "allowed".into()
-                },
-                egress_verdict: "allowed".into(),
+                verdict: Verdict::from(!denied),
+                egress_verdict: DirectionVerdict::Allowed,
                 ingress_verdict: if denied {
-                    "denied".into()
+                    DirectionVerdict::Denied
                 } else {
-                    "allowed".into()
+                    DirectionVerdict::Allowed
                 },
+                egress_tier: Some(Tier::Default),
+                ingress_tier: Some(Tier::NetworkPolicy),
+                decided_by: vec![],
+                src_dns_name: None,
+                dst_dns_name: if external {
+                    Some("api.example.com".into())
+                } else {
+                    None
+                },
+                outcome: Some(Outcome::Established),
+                failure: None,
                 allowed_by: if denied {
                     vec![]
                 } else {
@@ -108,9 +118,9 @@ fn chunk(rng: &mut Rng, start_ns: i64, span_ns: i64) -> Vec<FlowRow> {
                 },
                 policy_generation: 7,
                 kernel_fate: if denied {
-                    "dropped".into()
+                    KernelFate::Dropped
                 } else {
-                    "forwarded".into()
+                    KernelFate::Forwarded
                 },
                 drop_reason: if denied {
                     Some("NETFILTER_DROP".into())

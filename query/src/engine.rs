@@ -15,11 +15,15 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::datasource::MemTable;
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::logical_expr::Expr;
+use datafusion::prelude::col;
 use futures::StreamExt;
 
+use crate::connections::ConnectionsTable;
 use crate::format::QueryResult;
 use crate::provider::FlowsTable;
 use crate::store::FlowStore;
@@ -307,7 +311,11 @@ impl QueryEngine {
     pub fn new(store: FlowStore, limits: QueryLimits) -> Result<QueryEngine, QueryError> {
         let config = SessionConfig::new().with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
-        ctx.register_table("flows", Arc::new(FlowsTable { store }))?;
+        let flows: Arc<dyn TableProvider> = Arc::new(FlowsTable { store });
+        ctx.register_table("flows", flows.clone())?;
+        let flows_ctx = SessionContext::new();
+        flows_ctx.register_table("flows", flows)?;
+        ctx.register_table("connections", Arc::new(ConnectionsTable::new(flows_ctx)?))?;
         let engine = QueryEngine { ctx, limits };
         engine.set_cluster_tables(Vec::new(), Vec::new(), Vec::new());
         engine.set_history_tables(&[], &[]);
@@ -349,14 +357,44 @@ impl QueryEngine {
 
     /// Runs one read-only query within the limits.
     pub async fn sql(&self, sql: &str) -> Result<QueryResult, QueryError> {
-        let start = Instant::now();
-        let limits = self.limits;
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
+        self.run(async { Ok(self.ctx.sql_with_options(sql, options).await?) })
+            .await
+    }
+
+    /// The newest rows of `table` (`flows` or `connections`) matching
+    /// `filter`, at most `limit` (and the row limit): the API's lists, built
+    /// as expressions (see [`crate::filter`]), never as SQL text.
+    pub async fn newest(
+        &self,
+        table: &str,
+        filter: Option<Expr>,
+        limit: usize,
+    ) -> Result<QueryResult, QueryError> {
+        self.run(async {
+            let mut df = self.ctx.table(table).await?;
+            if let Some(f) = filter {
+                df = df.filter(f)?;
+            }
+            Ok(df
+                .sort(vec![col("time").sort(false, true)])?
+                .limit(0, Some(limit))?)
+        })
+        .await
+    }
+
+    /// Plans with `plan`, then runs it within the time and row limits.
+    async fn run(
+        &self,
+        plan: impl Future<Output = Result<DataFrame, QueryError>>,
+    ) -> Result<QueryResult, QueryError> {
+        let start = Instant::now();
+        let limits = self.limits;
         let run = async {
-            let df = self.ctx.sql_with_options(sql, options).await?;
+            let df = plan.await?;
             let mut stream = df.execute_stream().await?;
             let schema = stream.schema();
             let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);

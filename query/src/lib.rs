@@ -10,12 +10,14 @@
 //! `policies` tables the collector keeps current, and returns JSON, CSV or
 //! Arrow IPC ([`QueryResult`]).
 
+mod connections;
 mod delivered;
 mod engine;
+pub mod filter;
 mod format;
 mod manifest;
+pub mod model;
 mod provider;
-mod schema;
 mod store;
 pub mod wal;
 
@@ -26,7 +28,11 @@ pub use engine::{
 };
 pub use format::QueryResult;
 pub use manifest::ManifestError;
-pub use schema::{FlowBatchBuilder, FlowRef, FlowRow, flows_schema, to_batch};
+pub use model::{
+    Direction, DirectionVerdict, DroppedAt, Failure, FlowBatchBuilder, FlowRef, FlowRow,
+    KernelFate, ObservedAt, Outcome, Protocol, TextList, Tier, UnknownValue, ValueSet, Verdict,
+    flows_schema, to_batch,
+};
 pub use store::{
     Appended, FlowStore, FlushPoint, RetentionReport, StoreConfig, StoreError, StoreStats,
 };

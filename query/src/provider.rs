@@ -20,7 +20,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 
-use crate::schema::flows_schema;
+use crate::model::flows_schema;
 use crate::store::FlowStore;
 
 #[derive(Debug)]

@@ -35,7 +35,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 
 use crate::delivered::Delivered;
 use crate::manifest::{FileEntry, Manifest, ManifestError};
-use crate::schema::{FlowRow, flows_schema, to_batch};
+use crate::model::{FlowRow, flows_schema, to_batch};
 use crate::wal::{Wal, WalError};
 
 #[derive(Clone, Debug)]
@@ -52,13 +52,18 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
+    /// The defaults of the store (and of the collector flags that set it).
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+    pub const DEFAULT_FLUSH_ROWS: usize = 100_000;
+    pub const DEFAULT_PARTITION: Duration = Duration::from_secs(3600);
+
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         StoreConfig {
             dir: dir.into(),
-            retention: Duration::from_secs(7 * 24 * 3600),
+            retention: Self::DEFAULT_RETENTION,
             max_size_bytes: None,
-            flush_rows: 1_000_000,
-            partition: Duration::from_secs(3600),
+            flush_rows: Self::DEFAULT_FLUSH_ROWS,
+            partition: Self::DEFAULT_PARTITION,
         }
     }
 }

@@ -177,7 +177,7 @@ fn group_by_and_joins_with_cluster_tables() {
 #[test]
 fn time_filters_prune_partitions_before_reading() {
     let f = fixture(QueryLimits::default());
-    let t0 = fixture_rows()[0].time_ns;
+    let t0 = fixture_rows()[0].time;
     let lit = |ns: i64| format!("to_timestamp_nanos({ns})");
     let v = query(
         &f,

@@ -146,7 +146,7 @@ fn memory_full_flushes_by_itself() {
 fn retention_drops_old_partitions_then_oldest_while_too_big() {
     let dir = tempfile::tempdir().unwrap();
     let rows = fixture_rows();
-    let t0 = rows[0].time_ns;
+    let t0 = rows[0].time;
     let cfg = StoreConfig {
         retention: Duration::from_secs(3600),
         ..config(dir.path())
