@@ -16,11 +16,7 @@ pub(crate) fn get(base: &str, path: &str, query: &[(&str, String)]) -> anyhow::R
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let answer = runtime.block_on(flowgate_collector::client::http_json(
-        http::Method::GET,
-        &url,
-        None,
-    ))?;
+    let answer = runtime.block_on(flowgate_client::http_json(http::Method::GET, &url, None))?;
     Ok(answer)
 }
 

@@ -39,7 +39,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
         (None, None) => None,
     };
-    let answer = runtime.block_on(flowgate_collector::client::query_as(
+    let answer = runtime.block_on(flowgate_client::query_as(
         &args.server,
         &args.sql,
         token.as_deref(),

@@ -1,12 +1,12 @@
 //! `flowgate replay`: send known flows from a file to a collector exactly as
 //! a probe would (the file format is documented in
-//! `flowgate_collector::replay`).
+//! `flowgate_client::replay`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use flowgate_collector::replay;
+use flowgate_client::replay;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -54,10 +54,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let acks = runtime.block_on(flowgate_collector::client::send_batches(
-        &args.collector,
-        batches,
-    ))?;
+    let acks = runtime.block_on(flowgate_client::send_batches(&args.collector, batches))?;
     let stored: u64 = acks.iter().map(|a| u64::from(a.flows_stored)).sum();
     println!(
         "sent {count} flows in {} batches; {stored} stored",

@@ -7,7 +7,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use flowgate_collector::{ClusterSource, Config, client, replay};
+use flowgate_client::{self as client, replay};
+use flowgate_collector::{ClusterSource, Config};
 use flowgate_proto::v1::Flow;
 
 const STREAMS: usize = 2;

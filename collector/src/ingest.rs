@@ -30,10 +30,7 @@ use crate::tls::Peer;
 /// Acks queued per stream before the stream stops reading batches (the
 /// probe then waits: backpressure, nothing dropped).
 const ACK_QUEUE: usize = 16;
-/// gRPC messages up to this size are decoded (a full batch of the default
-/// 10,000 flows is about 2 MB); a larger one ends its stream with
-/// RESOURCE_EXHAUSTED naming this limit.
-pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+pub use flowgate_proto::MAX_MESSAGE_BYTES;
 /// Kubernetes object names (and so node names) are DNS subdomains: at most
 /// 253 bytes. A probe id is "node/probe", bounded the same way.
 pub const MAX_NAME_BYTES: usize = 253;

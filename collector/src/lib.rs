@@ -21,13 +21,11 @@ pub mod api;
 pub mod auth;
 pub mod blame;
 pub mod certs;
-pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod enrich;
 pub mod ingest;
 pub mod metrics;
-pub mod replay;
 pub mod tables;
 pub mod tls;
 

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use flowgate_collector::{ClusterSource, Config, client, replay};
+use flowgate_client::{self as client, replay};
+use flowgate_collector::{ClusterSource, Config};
 use flowgate_proto::v1::flow_ingest_client::FlowIngestClient;
 use flowgate_proto::v1::{AckStatus, FlowBatch, SchemaVersion};
 use serde_json::{Value, json};

@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use flowgate_client::replay;
 use flowgate_collector::certs::{CertsFiles, CertsRequest, generate};
 use flowgate_collector::tls::{GrpcTls, client_config};
-use flowgate_collector::{ClusterSource, Collector, Config, replay};
+use flowgate_collector::{ClusterSource, Collector, Config};
 use flowgate_proto::v1::flow_ingest_client::FlowIngestClient;
 use flowgate_proto::v1::{AckStatus, BatchAck, Flow, FlowBatch, SchemaVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

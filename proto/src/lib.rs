@@ -15,6 +15,10 @@ pub mod v1 {
 pub const DEFAULT_GRPC_PORT: u16 = 4245;
 /// The collector's default HTTP port (API, dashboard, metrics).
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// gRPC messages up to this size are decoded, by the collector and by
+/// clients alike (a full batch of the default 10,000 flows is about 2 MB);
+/// a larger one ends its stream with RESOURCE_EXHAUSTED naming this limit.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -144,7 +144,7 @@ pub async fn send_batches(
             url: url.to_owned(),
             message: format!("{e}"),
         })?
-        .max_encoding_message_size(crate::ingest::MAX_MESSAGE_BYTES);
+        .max_encoding_message_size(flowgate_proto::MAX_MESSAGE_BYTES);
     let count = batches.len();
     let response = client.stream(tokio_stream::iter(batches)).await?;
     let mut acks_in = response.into_inner();

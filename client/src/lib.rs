@@ -1,0 +1,10 @@
+//! Talking to a running collector, for every client command (`flowgate
+//! query`, `replay`, `explain --collector-http`, `blame`), the demo and
+//! tests: SQL and the API over HTTP and batches over gRPC exactly as a probe
+//! sends them ([`collector`]), and known flows from a file turned into those
+//! batches ([`replay`]). It links neither DataFusion nor kube.
+
+pub mod collector;
+pub mod replay;
+
+pub use collector::{ClientError, http_json, query, query_as, send_batches};
