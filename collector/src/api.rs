@@ -474,25 +474,39 @@ impl Side {
     }
 }
 
-async fn explain(
-    State(state): State<AppState>,
-    Query(p): Query<ExplainParams>,
-) -> Result<Json<Value>, ApiError> {
-    let from = Side::parse("from", p.from.as_deref())?;
-    let to = Side::parse("to", p.to.as_deref())?;
-    let port_text = p
-        .port
-        .as_deref()
-        .ok_or_else(|| ApiError::bad("port is required"))?;
+/// A connection as the user names it: both ends, the port, the protocol
+/// (TCP unless given).
+fn connection(
+    from: Option<&str>,
+    to: Option<&str>,
+    port: Option<&str>,
+    protocol: Option<&str>,
+) -> Result<(Side, Side, u16, Protocol), ApiError> {
+    let from = Side::parse("from", from)?;
+    let to = Side::parse("to", to)?;
+    let port_text = port.ok_or_else(|| ApiError::bad("port is required"))?;
     let port: u16 = port_text
         .parse()
         .map_err(|_| ApiError::bad(format!("port={port_text:?}: expected 0-65535")))?;
-    let protocol: Protocol = match p.protocol.as_deref() {
+    let protocol: Protocol = match protocol {
         None => Protocol::Tcp,
         Some(text) => text
             .parse()
             .map_err(|e| ApiError::bad(format!("protocol={text:?}: {e}")))?,
     };
+    Ok((from, to, port, protocol))
+}
+
+async fn explain(
+    State(state): State<AppState>,
+    Query(p): Query<ExplainParams>,
+) -> Result<Json<Value>, ApiError> {
+    let (from, to, port, protocol) = connection(
+        p.from.as_deref(),
+        p.to.as_deref(),
+        p.port.as_deref(),
+        p.protocol.as_deref(),
+    )?;
     let cluster = &cluster_at(&state, p.at.as_deref())?;
     let explanation = cluster.explain(
         &from.endpoint(cluster)?,
@@ -562,21 +576,12 @@ async fn blame(
     State(state): State<AppState>,
     Query(p): Query<BlameParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let from = Side::parse("from", p.from.as_deref())?;
-    let to = Side::parse("to", p.to.as_deref())?;
-    let port_text = p
-        .port
-        .as_deref()
-        .ok_or_else(|| ApiError::bad("port is required"))?;
-    let port: u16 = port_text
-        .parse()
-        .map_err(|_| ApiError::bad(format!("port={port_text:?}: expected 0-65535")))?;
-    let protocol: Protocol = match p.protocol.as_deref() {
-        None => Protocol::Tcp,
-        Some(text) => text
-            .parse()
-            .map_err(|e| ApiError::bad(format!("protocol={text:?}: {e}")))?,
-    };
+    let (from, to, port, protocol) = connection(
+        p.from.as_deref(),
+        p.to.as_deref(),
+        p.port.as_deref(),
+        p.protocol.as_deref(),
+    )?;
     let since = time_point("since", p.since.as_deref().unwrap_or("7d"))?;
     let judge = |c: &Cluster| {
         let (src, dst) = (from.endpoint(c).ok()?, to.endpoint(c).ok()?);
