@@ -14,8 +14,8 @@ use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanBuilder, DictionaryArray, Int32Array, ListBuilder, StringArray,
-    StringBuilder, TimestampNanosecondBuilder, UInt8Builder, UInt16Builder, UInt64Builder,
+    ArrayRef, BooleanBuilder, DictionaryArray, Int32Array, ListBuilder, StringArray, StringBuilder,
+    TimestampNanosecondBuilder, UInt8Builder, UInt16Builder, UInt64Builder,
 };
 use datafusion::arrow::buffer::{NullBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
@@ -337,6 +337,14 @@ pub struct Keys {
 }
 
 impl Keys {
+    fn with_capacity(rows: usize) -> Self {
+        Keys {
+            keys: Vec::with_capacity(rows),
+            valid: Vec::with_capacity(rows),
+            nulls: 0,
+        }
+    }
+
     fn push(&mut self, key: Option<i32>) {
         self.keys.push(key.unwrap_or(0));
         self.valid.push(key.is_some());
@@ -368,11 +376,7 @@ pub struct DictBuilder {
 impl DictBuilder {
     fn new(rows: usize) -> Self {
         DictBuilder {
-            keys: Keys {
-                keys: Vec::with_capacity(rows),
-                valid: Vec::with_capacity(rows),
-                nulls: 0,
-            },
+            keys: Keys::with_capacity(rows),
             values: StringBuilder::new(),
             index: FxHashMap::default(),
             last: None,
@@ -488,11 +492,7 @@ impl<E: ValueSet> ColumnKind for Enum<E> {
         false
     }
     fn builder(rows: usize) -> Self::Builder {
-        Keys {
-            keys: Vec::with_capacity(rows),
-            valid: Vec::with_capacity(rows),
-            nulls: 0,
-        }
+        Keys::with_capacity(rows)
     }
     fn append(b: &mut Keys, v: E) {
         b.push(Some(enum_key(v)))
@@ -518,7 +518,7 @@ impl<E: ValueSet> ColumnKind for OptEnum<E> {
         true
     }
     fn builder(rows: usize) -> Self::Builder {
-        Enum::<E>::builder(rows)
+        Keys::with_capacity(rows)
     }
     fn append(b: &mut Keys, v: Option<E>) {
         b.push(v.map(enum_key))
@@ -724,27 +724,27 @@ pub fn to_batch(rows: &[FlowRow]) -> RecordBatch {
     b.finish()
 }
 
-/// The text at `row` of a text column, dictionary-encoded or plain (NULL as
-/// `None`): for readers that want rows back.
-pub fn text_at(array: &dyn Array, row: usize) -> Option<String> {
-    use datafusion::arrow::array::AsArray;
-    if array.is_null(row) {
-        return None;
-    }
-    match array.data_type() {
-        DataType::Utf8 => Some(array.as_string::<i32>().value(row).to_owned()),
-        DataType::Dictionary(..) => {
-            let d = array.as_dictionary::<Int32Type>();
-            let key = d.keys().value(row) as usize;
-            Some(d.values().as_string::<i32>().value(key).to_owned())
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use datafusion::arrow::array::{Array, AsArray};
+
     use super::*;
+
+    /// The text at `row` of a dictionary or plain text column.
+    fn text_at(array: &dyn Array, row: usize) -> Option<String> {
+        if array.is_null(row) {
+            return None;
+        }
+        match array.data_type() {
+            DataType::Utf8 => Some(array.as_string::<i32>().value(row).to_owned()),
+            DataType::Dictionary(..) => {
+                let d = array.as_dictionary::<Int32Type>();
+                let key = d.keys().value(row) as usize;
+                Some(d.values().as_string::<i32>().value(key).to_owned())
+            }
+            _ => None,
+        }
+    }
 
     #[test]
     fn value_sets_round_trip_and_name_the_unknown() {
