@@ -39,6 +39,7 @@ mod lint;
 mod model;
 mod selector;
 mod tier;
+mod whatif;
 mod yaml;
 
 pub use cache::{CacheStats, VerdictCache};
@@ -59,6 +60,10 @@ pub use selector::{Labels, Requirement, Selector};
 pub use tier::{
     ClusterPolicyId, ClusterPolicyInfo, ClusterPolicyKind, NamespaceMatch, NodeInfo, PolicyTier,
     Tier, TierAction, TierPeer, TierPort, TierRule, TierRuleId, TierSubject, UnknownTier,
+};
+pub use whatif::{
+    ChangeSet, Denial, ObservedConnection, ObservedEndpoint, ObservedPod, ObservedPods, PolicyKey,
+    VerdictChange, WhatIf, WhatIfError, judge, what_if,
 };
 pub use yaml::ClusterObjects;
 #[cfg(feature = "fs")]
