@@ -8,6 +8,7 @@
 //! the same design (see [`tiers`]): every pod knows, per direction, the
 //! Admin and Baseline policies whose subject it is, in evaluation order.
 
+mod change;
 mod tiers;
 
 use std::net::IpAddr;
@@ -129,7 +130,9 @@ pub struct Cluster {
     isolating: Vec<[Arc<[PolicyId]>; 2]>,
     selected: Vec<Vec<PodId>>,
     no_policies: Arc<[PolicyId]>,
-    tiers: tiers::Tiers,
+    /// Shared with what-if variants of this snapshot: the cluster tiers
+    /// depend on pods and namespaces only, never on NetworkPolicies.
+    tiers: Arc<tiers::Tiers>,
 }
 
 fn dir_index(d: Direction) -> usize {
@@ -209,7 +212,7 @@ impl Cluster {
             isolating: Vec::new(),
             selected: Vec::new(),
             no_policies: Arc::from(Vec::new()),
-            tiers: tiers::Tiers::default(),
+            tiers: Arc::default(),
         };
         for ns in namespaces {
             let info = convert::namespace(ns);

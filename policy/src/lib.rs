@@ -7,6 +7,8 @@
 //! indexed [`Cluster`] snapshot; [`Cluster::verdict`] answers fast (no
 //! strings), [`Cluster::explain`] answers for people, and [`VerdictCache`]
 //! remembers verdicts per snapshot generation for the collector's hot path.
+//! [`Cluster::with_policy_changes`] builds a what-if snapshot under a
+//! proposed change.
 //! The crate does no I/O (the optional `fs` feature adds [`load_paths`]).
 //!
 //! Semantics, as the Kubernetes API defines them:

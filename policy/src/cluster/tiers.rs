@@ -197,7 +197,7 @@ impl Cluster {
             .collect();
         t.nodes = nodes;
         t.policies = policies;
-        self.tiers = t;
+        self.tiers = Arc::new(t);
     }
 
     fn subject_matches(&self, s: &TierSubject, id: PodId, pod: &PodInfo) -> bool {
@@ -417,6 +417,12 @@ impl Cluster {
     pub fn decided_by_key(&self, id: TierRuleId) -> String {
         self.cluster_policy(id.policy)
             .decided_by_key(id.direction, id.index)
+    }
+
+    /// What the tiers were compiled from, to compile them again with
+    /// changed cluster policies.
+    pub(super) fn tier_inputs(&self) -> (Vec<NodeInfo>, Vec<ClusterPolicyInfo>) {
+        (self.tiers.nodes.clone(), self.tiers.policies.clone())
     }
 
     /// Pods a cluster policy's subject selects.
