@@ -30,6 +30,7 @@
 //! - Traffic a pod sends to itself, and traffic from the node a pod runs on
 //!   to that pod, is always allowed: NetworkPolicy cannot block it.
 
+mod advise;
 mod cache;
 mod cluster;
 mod convert;
@@ -44,6 +45,7 @@ mod tier;
 mod whatif;
 mod yaml;
 
+pub use advise::{Advice, advise};
 pub use cache::{CacheStats, VerdictCache};
 pub use cluster::{Cluster, DirectionVerdict, Endpoint, Exemption, Verdict};
 #[cfg(feature = "fs")]
