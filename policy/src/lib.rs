@@ -8,7 +8,8 @@
 //! strings), [`Cluster::explain`] answers for people, and [`VerdictCache`]
 //! remembers verdicts per snapshot generation for the collector's hot path.
 //! [`Cluster::with_policy_changes`] builds a what-if snapshot under a
-//! proposed change.
+//! proposed change, and [`Cluster::suggest`] proposes verified changes that
+//! admit a denied connection.
 //! The crate does no I/O (the optional `fs` feature adds [`load_paths`]).
 //!
 //! Semantics, as the Kubernetes API defines them:
@@ -41,6 +42,7 @@ mod explain_tiers;
 mod lint;
 mod model;
 mod selector;
+mod suggest;
 mod tier;
 mod whatif;
 mod yaml;
@@ -61,6 +63,7 @@ pub use model::{
     PortSpec, Protocol, Rule, RuleId, UnknownProtocol, Workload,
 };
 pub use selector::{Labels, Requirement, Selector};
+pub use suggest::{NoSuggestion, OtherConnection, SuggestedEdit, Suggestion, Suggestions};
 pub use tier::{
     ClusterPolicyId, ClusterPolicyInfo, ClusterPolicyKind, NamespaceMatch, NodeInfo, PolicyTier,
     Tier, TierAction, TierPeer, TierPort, TierRule, TierRuleId, TierSubject, UnknownTier,
