@@ -42,15 +42,21 @@ struct {
 	__type(value, __u64);
 } fg_counters SEC(".maps");
 
-/* Waking the consumer costs far more than recording an event, so records
- * are submitted without a wakeup until this much data waits; the probe also
- * drains the ring every few milliseconds. */
-#define FG_WAKEUP_BYTES (256 * 1024)
+/* Records are submitted without waking the consumer: a wakeup (irq_work)
+ * costs far more than the record, and forced ones while the consumer lags
+ * cost microseconds per packet. The probe drains the ring on a timer (every
+ * few milliseconds), long before 8 MiB of records can pile up. */
+#define FG_SUBMIT BPF_RB_NO_WAKEUP
 
-static __always_inline __u64 fg_wakeup(void)
+/* The clock of every timestamp: CLOCK_MONOTONIC at tick resolution (at most
+ * one jiffy behind). Reading it is a load; bpf_ktime_get_ns reads the clock
+ * source and cost a third of the per-packet budget. Timestamps decide
+ * windows, idle timeouts and retries 200 ms apart: ticks are fine for all.
+ * The drop tracepoint reads the precise clock (see fg_kfree_skb), so the
+ * two order to within a tick. */
+static __always_inline __u64 fg_now(void)
 {
-	return bpf_ringbuf_query(&fg_events, BPF_RB_AVAIL_DATA) >= FG_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
-										   : BPF_RB_NO_WAKEUP;
+	return bpf_ktime_get_coarse_ns();
 }
 
 static __always_inline void fg_count(__u32 idx)
@@ -73,14 +79,15 @@ static __always_inline void fg_emit(const struct fg_flow_key *key, __u64 now, __
 	e->len = len;
 	e->kind = kind;
 	e->tcp_flags = tcp_flags;
-	e->_pad = 0;
+	e->drop_flags = 0;
 	e->drop_reason = 0;
-	bpf_ringbuf_submit(e, fg_wakeup());
+	bpf_ringbuf_submit(e, FG_SUBMIT);
 }
 
 /* A DNS response on its way into the pod: its payload, for the probe's
- * address-to-name map. Rare next to data packets, so a copy is cheap. */
-static __always_inline void fg_emit_dns(struct __sk_buff *skb, const struct fg_flow_key *key, __u64 now,
+ * address-to-name map. Rare next to data packets, so a copy is cheap; not
+ * inlined, like the other rare paths, to keep the per-packet path short. */
+static __noinline void fg_emit_dns(struct __sk_buff *skb, const struct fg_flow_key *key, __u64 now,
 					__u32 payload_off)
 {
 	if (payload_off == 0 || payload_off >= skb->len)
@@ -96,7 +103,7 @@ static __always_inline void fg_emit_dns(struct __sk_buff *skb, const struct fg_f
 	e->event.len = skb->len;
 	e->event.kind = FG_EVENT_DNS;
 	e->event.tcp_flags = 0;
-	e->event._pad = 0;
+	e->event.drop_flags = 0;
 	e->event.drop_reason = 0;
 	e->_pad = 0;
 	if (n > FG_DNS_MAX)
@@ -109,7 +116,35 @@ static __always_inline void fg_emit_dns(struct __sk_buff *skb, const struct fg_f
 		return;
 	}
 	e->payload_len = n;
-	bpf_ringbuf_submit(e, fg_wakeup());
+	bpf_ringbuf_submit(e, FG_SUBMIT);
+}
+
+/* ICMP destination unreachable (IPv4 type 3, ICMPv6 type 1): the quoted
+ * packet's tuple with the type and code, as evidence about that connection
+ * (refused for want of a listener, a route, or by a firewall's reject).
+ * Rare, and never on the hot path of data packets. */
+static __noinline void fg_emit_unreach(struct __sk_buff *skb, const struct fg_flow_key *outer,
+				    __u64 now, __u32 quote_off)
+{
+	struct fg_flow_key key = {};
+
+	if (quote_off == 0 || fg_parse_quote(skb, quote_off, outer->ip_version, &key) != 0)
+		return;
+	key.ifindex = outer->ifindex;
+	key.hook = outer->hook;
+	struct fg_event *e = bpf_ringbuf_reserve(&fg_events, sizeof(*e), 0);
+	if (!e) {
+		fg_count(FG_CTR_RINGBUF_LOST);
+		return;
+	}
+	e->timestamp_ns = now;
+	__builtin_memcpy(&e->key, &key, sizeof(key));
+	e->len = skb->len;
+	e->kind = FG_EVENT_UNREACH;
+	e->tcp_flags = 0;
+	e->drop_flags = 0;
+	e->drop_reason = ((__u32)outer->src_port << 8) | outer->dst_port;
+	bpf_ringbuf_submit(e, FG_SUBMIT);
 }
 
 static __always_inline void fg_add(struct fg_flow_stats *s, __u64 now, __u32 len, __u8 tcp_flags)
@@ -128,7 +163,7 @@ static __always_inline int fg_observe(struct __sk_buff *skb, __u8 hook)
 	struct fg_flow_key key = {};
 	__u8 tcp_flags = 0;
 	__u32 payload_off = 0;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = fg_now();
 
 	fg_count(FG_CTR_PACKETS);
 	int rc = fg_parse(skb, &key, &tcp_flags, &payload_off);
@@ -145,6 +180,9 @@ static __always_inline int fg_observe(struct __sk_buff *skb, __u8 hook)
 	if (hook == FG_HOOK_EGRESS && key.src_port == FG_DNS_PORT &&
 	    (key.protocol == IPPROTO_UDP || key.protocol == IPPROTO_TCP))
 		fg_emit_dns(skb, &key, now, payload_off);
+	else if ((key.protocol == IPPROTO_ICMP && key.src_port == 3) ||
+		 (key.protocol == IPPROTO_ICMPV6 && key.src_port == 1))
+		fg_emit_unreach(skb, &key, now, payload_off);
 
 	if (fg_granularity == FG_GRANULARITY_PACKET) {
 		fg_emit(&key, now, skb->len, FG_EVENT_PACKET, tcp_flags);
@@ -196,11 +234,24 @@ int fg_tc_egress(struct __sk_buff *skb)
  * fields read here are declared; CO-RE relocates their offsets against the
  * running kernel's BTF at load time.
  */
+struct netns_nf {
+	unsigned int defrag_ipv4_users;
+	unsigned int defrag_ipv6_users;
+} __attribute__((preserve_access_index));
+
+struct net {
+	struct netns_nf nf;
+} __attribute__((preserve_access_index));
+
 struct net_device {
 	int ifindex;
+	struct {
+		struct net *net;
+	} nd_net;
 } __attribute__((preserve_access_index));
 
 struct sk_buff {
+	unsigned long _nfct; /* conntrack entry | ctinfo; 0: none */
 	unsigned int len;
 	__u16 protocol; /* __be16 */
 	__u16 transport_header;
@@ -210,6 +261,25 @@ struct sk_buff {
 } __attribute__((preserve_access_index));
 
 #define FG_SKB_CONSUMED 1 /* enum skb_drop_reason values <= 1 are not drops */
+
+/* FG_DROP_CT_NONE when conntrack runs in the device's namespace for this
+ * family (it holds the defragmenter, so its users count is non-zero) and
+ * attached no entry to the packet. Kernels without conntrack or without
+ * these fields report nothing. */
+static __always_inline __u16 fg_ct_flags(struct sk_buff *skb, __u16 proto)
+{
+	unsigned int users;
+
+	if (!bpf_core_field_exists(skb->_nfct) || !bpf_core_field_exists(struct netns_nf, defrag_ipv4_users))
+		return 0;
+	if (BPF_CORE_READ(skb, _nfct) != 0)
+		return 0;
+	if (proto == bpf_htons(ETH_P_IP))
+		users = BPF_CORE_READ(skb, dev, nd_net.net, nf.defrag_ipv4_users);
+	else
+		users = BPF_CORE_READ(skb, dev, nd_net.net, nf.defrag_ipv6_users);
+	return users ? FG_DROP_CT_NONE : 0;
+}
 
 /* Walks IPv6 extension headers in kernel memory from *off (just past the
  * fixed header), as fg_parse does on the capture path: returns the upper
@@ -266,11 +336,14 @@ int fg_kfree_skb(__u64 *ctx)
 		return 0;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
+	/* Tracing programs may not read the coarse clock (timekeeping could be
+	 * the code traced), so drops carry the precise one. */
 	e->timestamp_ns = bpf_ktime_get_ns();
 	e->kind = FG_EVENT_DROP;
 	e->drop_reason = reason;
 	e->len = BPF_CORE_READ(skb, len);
 	e->key.ifindex = BPF_CORE_READ(skb, dev, ifindex);
+	e->drop_flags = fg_ct_flags(skb, proto);
 
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
@@ -322,7 +395,7 @@ int fg_kfree_skb(__u64 *ctx)
 	}
 out:
 	fg_count(FG_CTR_DROPS);
-	bpf_ringbuf_submit(e, fg_wakeup());
+	bpf_ringbuf_submit(e, FG_SUBMIT);
 	return 0;
 }
 

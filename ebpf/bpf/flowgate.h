@@ -28,6 +28,14 @@
 #define FG_EVENT_TCP_CTRL 3 /* flow mode: a packet with SYN, FIN or RST */
 #define FG_EVENT_DROP 4     /* skb:kfree_skb: the kernel dropped a packet */
 #define FG_EVENT_DNS 5      /* a DNS response delivered to a pod: struct fg_dns_event */
+#define FG_EVENT_UNREACH 6  /* an ICMP destination unreachable: key is the packet it quotes */
+
+/* fg_event.drop_flags: connection tracking runs in the namespace where the
+ * packet was dropped (IPv4 or IPv6, as the packet) and had attached no entry
+ * to it: it judged the packet invalid (or it was dropped before conntrack
+ * saw it). With NETFILTER_DROP this tells a `ct state invalid drop` from a
+ * policy rule. */
+#define FG_DROP_CT_NONE 1
 
 /* DNS responses are copied up to this many bytes of the UDP payload (the
  * classic limit; longer answers are cut and parsed as far as they go). */
@@ -62,7 +70,7 @@ struct fg_flow_key {
 struct fg_flow_stats {
 	__u64 packets;
 	__u64 bytes;
-	__u64 first_seen_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	__u64 first_seen_ns; /* CLOCK_MONOTONIC at tick resolution (bpf_ktime_get_coarse_ns) */
 	__u64 last_seen_ns;
 	__u32 tcp_flags; /* OR of every flag byte seen */
 	__u32 _pad;
@@ -70,13 +78,15 @@ struct fg_flow_stats {
 
 /* One ring-buffer record. */
 struct fg_event {
-	__u64 timestamp_ns; /* CLOCK_MONOTONIC */
+	__u64 timestamp_ns; /* CLOCK_MONOTONIC: at tick resolution from the TC programs
+			     * (as first_seen_ns), precise for drops */
 	struct fg_flow_key key;
 	__u32 len; /* skb->len: bytes including the L2 header at TC */
 	__u8 kind; /* FG_EVENT_* */
 	__u8 tcp_flags;
-	__u16 _pad;
-	__u32 drop_reason; /* enum skb_drop_reason, for FG_EVENT_DROP */
+	__u16 drop_flags; /* FG_DROP_*, for FG_EVENT_DROP; else 0 */
+	__u32 drop_reason; /* FG_EVENT_DROP: enum skb_drop_reason;
+			    * FG_EVENT_UNREACH: ICMP type << 8 | code */
 };
 
 /* A DNS response (source port 53, UDP or TCP) seen entering a pod. For

@@ -34,7 +34,7 @@ int main(void)
 	OFF(fg_event, len);
 	OFF(fg_event, kind);
 	OFF(fg_event, tcp_flags);
-	OFF(fg_event, _pad);
+	OFF(fg_event, drop_flags);
 	OFF(fg_event, drop_reason);
 	SIZE(fg_dns_event);
 	OFF(fg_dns_event, event);

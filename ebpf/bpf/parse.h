@@ -56,7 +56,8 @@ static __always_inline int fg_load(struct __sk_buff *skb, __u32 off, void *dst, 
 }
 
 /* Fills key (addresses, ports, protocol, version), *tcp_flags and
- * *payload_off (where the TCP/UDP payload starts; 0 for other protocols). */
+ * *payload_off (where the TCP/UDP payload or the ICMP message body starts;
+ * 0 for other protocols). */
 static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_flow_key *key, __u8 *tcp_flags,
 				    __u32 *payload_off)
 {
@@ -156,12 +157,51 @@ static __always_inline int fg_parse(struct __sk_buff *skb, struct fg_flow_key *k
 			return FG_PARSE_TRUNCATED;
 		key->src_port = tc[0];
 		key->dst_port = tc[1];
+		/* An error message quotes the packet it answers after the
+		 * 8-byte ICMP header. */
+		*payload_off = off + 8;
 		break;
 	}
 	default:
 		break;
 	}
 	return FG_PARSE_OK;
+}
+
+/* The tuple of the packet an ICMP error quotes at off (its IP header and
+ * the first bytes of its TCP, UDP or SCTP header). Returns 0 when read. */
+static __always_inline int fg_parse_quote(struct __sk_buff *skb, __u32 off, __u8 ip_version,
+					  struct fg_flow_key *key)
+{
+	__u8 l4;
+	__u8 ports[4];
+
+	if (ip_version == FG_IPV4) {
+		struct iphdr ip;
+		if (fg_load(skb, off, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
+			return -1;
+		fg_map_v4(key->src_ip, ip.saddr);
+		fg_map_v4(key->dst_ip, ip.daddr);
+		l4 = ip.protocol;
+		off += ip.ihl * 4;
+	} else {
+		struct ipv6hdr ip6;
+		if (fg_load(skb, off, &ip6, sizeof(ip6)) < 0)
+			return -1;
+		__builtin_memcpy(key->src_ip, &ip6.saddr, 16);
+		__builtin_memcpy(key->dst_ip, &ip6.daddr, 16);
+		l4 = ip6.nexthdr;
+		off += sizeof(ip6);
+	}
+	if (l4 != IPPROTO_TCP && l4 != IPPROTO_UDP && l4 != IPPROTO_SCTP)
+		return -1;
+	if (fg_load(skb, off, ports, sizeof(ports)) < 0)
+		return -1;
+	key->src_port = ((__u16)ports[0] << 8) | ports[1];
+	key->dst_port = ((__u16)ports[2] << 8) | ports[3];
+	key->protocol = l4;
+	key->ip_version = ip_version;
+	return 0;
 }
 
 #endif

@@ -17,6 +17,13 @@ pub const EVENT_NEW_FLOW: u8 = 2;
 pub const EVENT_TCP_CTRL: u8 = 3;
 pub const EVENT_DROP: u8 = 4;
 pub const EVENT_DNS: u8 = 5;
+/// An ICMP destination unreachable: the key is the tuple of the packet it
+/// quotes, `drop_reason` the ICMP type << 8 | code.
+pub const EVENT_UNREACH: u8 = 6;
+
+/// [`Event::drop_flags`]: connection tracking runs where the packet was
+/// dropped and had attached no entry to it (it judged the packet invalid).
+pub const DROP_CT_NONE: u16 = 1;
 
 /// Most DNS payload bytes a [`DnsEvent`] carries.
 pub const DNS_MAX: usize = 512;
@@ -69,7 +76,8 @@ pub struct Event {
     pub len: u32,
     pub kind: u8,
     pub tcp_flags: u8,
-    pub _pad: u16,
+    /// `DROP_*` bits, for [`EVENT_DROP`].
+    pub drop_flags: u16,
     pub drop_reason: u32,
 }
 
@@ -185,7 +193,7 @@ mod tests {
             ("fg_event.len", offset_of!(Event, len)),
             ("fg_event.kind", offset_of!(Event, kind)),
             ("fg_event.tcp_flags", offset_of!(Event, tcp_flags)),
-            ("fg_event._pad", offset_of!(Event, _pad)),
+            ("fg_event.drop_flags", offset_of!(Event, drop_flags)),
             ("fg_event.drop_reason", offset_of!(Event, drop_reason)),
             ("fg_dns_event", size_of::<DnsEvent>()),
             ("fg_dns_event.event", offset_of!(DnsEvent, event)),

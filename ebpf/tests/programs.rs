@@ -415,3 +415,84 @@ fn flow_mode_aggregates_and_reports_new_flows_and_tcp_control() {
         );
     }
 }
+
+#[test]
+fn icmp_unreachable_reports_the_tuple_it_quotes() {
+    let Some(mut bpf) = loaded(Granularity::Flow) else {
+        return;
+    };
+    let mut rb = events(&mut bpf);
+    let cat = |a: Vec<u8>, b: Vec<u8>| [a, b].concat();
+    // What the pod sent (10.0.0.1:5000 → 10.0.0.2:9999 UDP), quoted by the
+    // destination's answer: IPv4 port unreachable, ICMPv6 address unreachable.
+    let quoted_v4 = ipv4(17, V4A, V4B, 0, &ports(5000, 9999));
+    let quoted_v6 = ipv6(6, v6(1), v6(2), &tcp(5001, 443, 0x02));
+    let v4 = cat(
+        eth(0x0800, &[]),
+        ipv4(
+            1,
+            V4B,
+            V4A,
+            0,
+            &cat(vec![3, 3, 0, 0, 0, 0, 0, 0], quoted_v4),
+        ),
+    );
+    let v6 = cat(
+        eth(0x86dd, &[]),
+        ipv6(
+            58,
+            v6(2),
+            v6(1),
+            &cat(vec![1, 3, 0, 0, 0, 0, 0, 0], quoted_v6),
+        ),
+    );
+    // Not an error: an echo request has no quote.
+    let echo = cat(
+        eth(0x0800, &[]),
+        ipv4(1, V4A, V4B, 0, &[8, 0, 0, 0, 0, 1, 0, 1]),
+    );
+    let prog: &SchedClassifier = bpf.program(names::TC_EGRESS).unwrap().try_into().unwrap();
+    for (name, packet, want) in [
+        (
+            "v4 port unreachable",
+            v4,
+            Some(("10.0.0.1", "10.0.0.2", 17, 5000, 9999, 3 << 8 | 3)),
+        ),
+        (
+            "v6 address unreachable",
+            v6,
+            Some(("fd00::1", "fd00::2", 6, 5001, 443, 1 << 8 | 3)),
+        ),
+        ("echo request", echo, None),
+    ] {
+        let (ret, _) = test_run(prog, &packet);
+        assert_eq!(ret, TC_ACT_UNSPEC, "{name}");
+        let events = drain(&mut rb);
+        let unreach: Vec<_> = events
+            .iter()
+            .filter(|e| e.kind == abi::EVENT_UNREACH)
+            .collect();
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.kind == abi::EVENT_NEW_FLOW)
+                .count(),
+            1,
+            "{name}: the ICMP message is a flow of its own too: {events:?}"
+        );
+        match want {
+            None => assert!(unreach.is_empty(), "{name}: {events:?}"),
+            Some((src, dst, proto, sport, dport, icmp)) => {
+                assert_eq!(unreach.len(), 1, "{name}: {events:?}");
+                let e = unreach[0];
+                check_key(
+                    name,
+                    &e.key,
+                    (src, dst, proto, sport, dport, 0),
+                    abi::HOOK_EGRESS,
+                );
+                assert_eq!(e.drop_reason, icmp, "{name}: ICMP type << 8 | code");
+            }
+        }
+    }
+}

@@ -129,6 +129,8 @@ fn main() {
     );
 
     let mut src_port = 20000;
+    // Packet mode: (offered pps of the highest rate without loss, of the first with loss).
+    let mut onset: (Option<f64>, Option<f64>) = (None, None);
     for (mode, rates) in [
         (GranularityArg::Flow, vec![None]),
         (
@@ -189,8 +191,24 @@ fn main() {
             if mode == GranularityArg::Flow && counted != sent {
                 println!("  !! flow mode counted {counted} of {sent} packets sent");
             }
+            if mode == GranularityArg::Packet {
+                let offered = sent as f64 / secs;
+                if lost == 0 && counted == sent {
+                    onset.0 = Some(onset.0.map_or(offered, |o: f64| o.max(offered)));
+                } else if onset.1.is_none_or(|o| offered < o) {
+                    onset.1 = Some(offered);
+                }
+            }
         }
         probe.stop(&rt);
+    }
+    match onset {
+        (ok, Some(first)) => println!(
+            "packet mode loss onset: first loss at {first:.0} pps offered (none up to {})",
+            ok.map_or("any rate tried".into(), |o| format!("{o:.0} pps"))
+        ),
+        (Some(ok), None) => println!("packet mode loss onset: none up to {ok:.0} pps offered"),
+        (None, None) => {}
     }
     std::fs::write(stats_path, stats_before.trim()).ok();
 }

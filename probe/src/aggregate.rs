@@ -117,6 +117,9 @@ pub struct Aggregator {
     endpoint_reasons: rustc_hash::FxHashSet<u32>,
     /// The NO_SOCKET reason: nothing listened (evidence for `refused`).
     no_socket_reason: Option<u32>,
+    /// The NETFILTER_DROP reason: a policy drop, unless conntrack judged
+    /// the packet invalid (see [`abi::DROP_CT_NONE`]).
+    netfilter_drop_reason: Option<u32>,
     /// The failure class of each network drop reason.
     failure_classes: FxHashMap<u32, Failure>,
     /// Connections' outcomes, accumulated over windows.
@@ -159,6 +162,9 @@ impl Aggregator {
         for (code, name) in names {
             if name == "NO_SOCKET" {
                 self.no_socket_reason = Some(code);
+            }
+            if name == "NETFILTER_DROP" {
+                self.netfilter_drop_reason = Some(code);
             }
             if crate::preflight::is_endpoint_reason(name) {
                 self.endpoint_reasons.insert(code);
@@ -208,6 +214,15 @@ impl Aggregator {
                 let acc = self.window.entry(e.key).or_default();
                 acc.flags |= u32::from(e.tcp_flags) & TCP_CTRL;
             }
+            // The quoted packet's tuple: evidence about its connection.
+            abi::EVENT_UNREACH => {
+                let t = Tuple::of(&e.key);
+                let v6 = e.key.ip_version == abi::IPV6;
+                if let Some(why) = outcome::unreachable_failure(v6, e.drop_reason) {
+                    let opener = self.opener_of(&t, 0);
+                    self.tracker.refused(opener, why, e.timestamp_ns);
+                }
+            }
             abi::EVENT_DROP => {
                 let t = Tuple::of(&e.key);
                 let opener = self.opener_of(&t, e.tcp_flags.into());
@@ -218,11 +233,16 @@ impl Aggregator {
                     }
                     return;
                 }
-                let class = self
-                    .failure_classes
-                    .get(&e.drop_reason)
-                    .copied()
-                    .unwrap_or(Failure::Other);
+                let class = if self.netfilter_drop_reason == Some(e.drop_reason)
+                    && e.drop_flags & abi::DROP_CT_NONE != 0
+                {
+                    Failure::Conntrack
+                } else {
+                    self.failure_classes
+                        .get(&e.drop_reason)
+                        .copied()
+                        .unwrap_or(Failure::Other)
+                };
                 self.tracker
                     .dropped(opener, e.drop_reason, class, e.timestamp_ns);
                 let d = self.drops.entry(t).or_insert_with(|| DropAcc {
@@ -724,6 +744,61 @@ mod tests {
         a.event(&ev(abi::EVENT_PACKET, lone, 30, 0));
         a.release_held();
         assert_eq!(flush(&mut a).len(), 1);
+    }
+
+    #[test]
+    fn a_netfilter_drop_without_a_conntrack_entry_is_conntrack() {
+        let mut a = Aggregator::new("n1".into()).with_reasons([(12, "NETFILTER_DROP")]);
+        let invalid = key(1, 2, 40000, 80, 6, abi::HOOK_INGRESS);
+        let denied = key(1, 2, 40001, 81, 6, abi::HOOK_INGRESS);
+        for (k, flags) in [(invalid, abi::DROP_CT_NONE), (denied, 0)] {
+            a.event(&ev(abi::EVENT_PACKET, k, 10, 0x02));
+            a.event(&Event {
+                drop_reason: 12,
+                drop_flags: flags,
+                ..ev(abi::EVENT_DROP, k, 11, 0x02)
+            });
+        }
+        let flows = flush(&mut a);
+        let failure = |port: u32| {
+            flows
+                .iter()
+                .find(|f| f.dst_port == port)
+                .map(|f| (f.outcome(), f.failure()))
+        };
+        assert_eq!(failure(80), Some((Outcome::Dropped, Failure::Conntrack)));
+        assert_eq!(failure(81), Some((Outcome::Dropped, Failure::Policy)));
+    }
+
+    #[test]
+    fn icmp_unreachable_refuses_the_connection_it_quotes() {
+        let mut a = Aggregator::new("n1".into());
+        // A UDP request from 10.0.0.1, answered by port unreachable and
+        // (another one) by host unreachable.
+        let req = key(1, 2, 5000, 9999, 17, abi::HOOK_INGRESS);
+        let other = key(1, 3, 5001, 9999, 17, abi::HOOK_INGRESS);
+        for (k, code) in [(req, 3u32), (other, 1)] {
+            a.event(&ev(abi::EVENT_PACKET, k, 10, 0));
+            // The ICMP message itself, from the destination into the pod.
+            let icmp = key(2, 1, 3, code as u16, 1, abi::HOOK_EGRESS);
+            a.event(&ev(abi::EVENT_PACKET, icmp, 11, 0));
+            a.event(&Event {
+                drop_reason: 3 << 8 | code,
+                ..ev(abi::EVENT_UNREACH, k, 11, 0)
+            });
+        }
+        let flows = flush(&mut a);
+        let judged = |dst: u8| {
+            let f = flows
+                .iter()
+                .find(|f| {
+                    f.protocol == Protocol::Udp as i32 && f.dst_ip.ends_with(&[10, 0, 0, dst])
+                })
+                .expect("the request's record");
+            (f.outcome(), f.failure())
+        };
+        assert_eq!(judged(2), (Outcome::Refused, Failure::NoListener));
+        assert_eq!(judged(3), (Outcome::Refused, Failure::Routing));
     }
 
     #[test]

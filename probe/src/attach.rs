@@ -21,13 +21,14 @@ use crate::config::matches_pattern;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("attaching to interface {interface}: {source}")]
+    #[error("attaching to interface {interface}")]
     Attach {
         interface: String,
+        #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("netlink socket: {0}")]
-    Netlink(std::io::Error),
+    #[error("netlink socket")]
+    Netlink(#[source] std::io::Error),
 }
 
 #[derive(Debug)]
@@ -121,7 +122,10 @@ impl Attacher {
             match self.attach(name, ifindex) {
                 Ok(()) => added.push(name.clone()),
                 // An interface can vanish between the scan and the attach.
-                Err(e) => tracing::warn!(error = %e, "not observing interface"),
+                Err(e) => tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "not observing interface"
+                ),
             }
         }
         (added, gone)

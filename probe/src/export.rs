@@ -124,16 +124,17 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Streams the buffer to the collector until `shutdown` is notified,
+    /// Streams the buffer to the collector until `shutdown` completes,
     /// reconnecting with exponential backoff (100 ms to 10 s). The backoff
     /// starts over once a stream has delivered an acknowledgement, so a
     /// collector restart after a long healthy stream is retried quickly.
-    pub async fn run(self, shutdown: Arc<Notify>) {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
         let mut backoff = Backoff::default();
         loop {
             let mut acked = false;
             tokio::select! {
-                _ = shutdown.notified() => return,
+                _ = &mut shutdown => return,
                 e = self.stream_once(&mut acked) => {
                     if acked {
                         backoff.reset();
@@ -143,7 +144,7 @@ impl Exporter {
             }
             self.metrics.reconnects.inc();
             tokio::select! {
-                _ = shutdown.notified() => return,
+                _ = &mut shutdown => return,
                 _ = tokio::time::sleep(backoff.current()) => {}
             }
             backoff.grow();

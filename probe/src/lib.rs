@@ -20,7 +20,9 @@ pub mod preflight;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use aya::Btf;
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
@@ -29,43 +31,72 @@ use flowgate_ebpf::abi::{self, DnsEvent, Event, FlowKey, FlowStats, counter};
 use flowgate_ebpf::{Granularity, names};
 use flowgate_proto::v1::{Flow, LossReport};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 
 pub use config::Config;
 
+/// Every variant with a cause keeps it as its `source` and names only what
+/// failed, so a report that walks the chain prints each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(transparent)]
     Preflight(#[from] preflight::PreflightError),
     #[error(transparent)]
     Load(#[from] flowgate_ebpf::LoadError),
-    #[error("the kernel rejected program {program}: {source}")]
+    #[error("program {program} is not in the eBPF object or is not a {kind} program")]
+    MissingProgram {
+        program: &'static str,
+        kind: &'static str,
+    },
+    #[error("the kernel rejected program {program}")]
     Program {
         program: &'static str,
+        #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("reading kernel BTF: {0}")]
+    #[error("reading kernel BTF")]
     Btf(#[from] aya::BtfError),
-    #[error("eBPF map {map}: {source}")]
+    #[error("eBPF map {map}")]
     Map {
         map: &'static str,
+        #[source]
         source: aya::maps::MapError,
     },
-    #[error("listening for metrics on {addr}: {source}")]
+    #[error("listening for metrics on {addr}")]
     MetricsListen {
         addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
+    #[error("serving metrics")]
+    MetricsServe(#[source] std::io::Error),
     #[error(transparent)]
     Attach(#[from] attach::AttachError),
-    #[error("watching the ring buffer: {0}")]
-    RingBuf(std::io::Error),
+    #[error("watching the ring buffer")]
+    RingBuf(#[source] std::io::Error),
+    #[error("watching link notifications")]
+    LinkWatch(#[source] std::io::Error),
     #[error(transparent)]
     Tls(#[from] config::TlsFileError),
+    #[error("the {0} task ended before the probe was stopped")]
+    Ended(&'static str),
+    #[error("the {component} task failed")]
+    Task {
+        component: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
-/// How often the ring buffer is drained when the kernel does not wake us.
-const RING_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+/// How often the ring buffer is drained: the kernel never wakes us (see
+/// FG_SUBMIT in flowgate.bpf.c), and 8 MiB of records take far longer than
+/// this to pile up.
+const RING_POLL: Duration = Duration::from_millis(5);
+/// How often the interface list is rescanned besides netlink notifications.
+const RESCAN: Duration = Duration::from_secs(5);
+/// How long the last window may wait for the collector's acknowledgement.
+const LAST_ACK_WAIT: Duration = Duration::from_secs(3);
 
 /// What a run reports when it ends (also visible in metrics while it runs).
 #[derive(Debug, Default, Clone)]
@@ -100,6 +131,13 @@ fn mono_now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Locks shared state even if a task panicked while holding it: the panic
+/// is reported through that task's handle, and the counters and maps
+/// behind these locks stay usable for the last window.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn take<T>(bpf: &mut aya::Ebpf, map: &'static str) -> Result<T, ProbeError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -111,9 +149,91 @@ where
     T::try_from(m).map_err(|source| ProbeError::Map { map, source })
 }
 
+fn classifier<'a>(
+    bpf: &'a mut aya::Ebpf,
+    program: &'static str,
+) -> Result<&'a mut SchedClassifier, ProbeError> {
+    bpf.program_mut(program)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(ProbeError::MissingProgram {
+            program,
+            kind: "TC classifier",
+        })
+}
+
+/// The shared shutdown signal: set once, seen by every component.
+#[derive(Clone)]
+struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    fn new() -> (watch::Sender<bool>, Stop) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Stop(rx))
+    }
+
+    /// Completes once the probe stops (or its sender is gone).
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// The programs loaded and attached, and the maps the probe reads.
+struct Kernel {
+    events: RingBuf<MapData>,
+    flow_table: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    counters: PerCpuArray<MapData, u64>,
+    attacher: Arc<Mutex<attach::Attacher>>,
+    ifnames: attach::IfNames,
+}
+
+impl Kernel {
+    /// Loads the object, attaches the drop tracepoint and the TC programs to
+    /// the interfaces present now.
+    fn load(config: &Config, metrics: &metrics::Metrics) -> Result<Kernel, ProbeError> {
+        let mut bpf = flowgate_ebpf::load(config.granularity.into())?;
+        for program in [names::TC_INGRESS, names::TC_EGRESS] {
+            classifier(&mut bpf, program)?
+                .load()
+                .map_err(|source| ProbeError::Program { program, source })?;
+        }
+        let btf = Btf::from_sys_fs()?;
+        let program = names::KFREE_SKB;
+        let tp: &mut BtfTracePoint = bpf
+            .program_mut(program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ProbeError::MissingProgram {
+                program,
+                kind: "BTF tracepoint",
+            })?;
+        tp.load("kfree_skb", &btf)
+            .map_err(|source| ProbeError::Program { program, source })?;
+        tp.attach()
+            .map_err(|source| ProbeError::Program { program, source })?;
+
+        let events = take(&mut bpf, names::EVENTS)?;
+        let flow_table = take(&mut bpf, names::FLOWS)?;
+        let counters = take(&mut bpf, names::COUNTERS)?;
+        let mut attacher = attach::Attacher::new(bpf, config.interfaces.clone());
+        let (added, _) = attacher.sync();
+        metrics.interfaces.set(added.len() as i64);
+        let ifnames = attacher.names();
+        Ok(Kernel {
+            events,
+            flow_table,
+            counters,
+            attacher: Arc::new(Mutex::new(attacher)),
+            ifnames,
+        })
+    }
+}
+
 /// Runs the probe until `shutdown` completes; then exports the last
 /// window, gives the collector a moment to acknowledge it, and detaches.
 /// `on_ready` receives the bound metrics address once programs are attached.
+///
+/// Each component is a task (ring-buffer drain, interface watch, metrics,
+/// delivery to the collector); the window export runs here. They share one
+/// stop signal; if a component fails, the probe stops and returns its error.
 pub async fn run(
     config: Config,
     metrics: Arc<metrics::Metrics>,
@@ -123,44 +243,8 @@ pub async fn run(
     preflight::check()?;
     let reasons = preflight::drop_reason_names();
     let granularity: Granularity = config.granularity.into();
-    let mut bpf = flowgate_ebpf::load(granularity)?;
-    for program in [names::TC_INGRESS, names::TC_EGRESS] {
-        let p: &mut SchedClassifier = bpf
-            .program_mut(program)
-            .expect("in object")
-            .try_into()
-            .expect("type");
-        p.load()
-            .map_err(|source| ProbeError::Program { program, source })?;
-    }
-    let btf = Btf::from_sys_fs()?;
-    let tp: &mut BtfTracePoint = bpf
-        .program_mut(names::KFREE_SKB)
-        .expect("in object")
-        .try_into()
-        .expect("type");
-    tp.load("kfree_skb", &btf)
-        .map_err(|source| ProbeError::Program {
-            program: names::KFREE_SKB,
-            source,
-        })?;
-    tp.attach().map_err(|source| ProbeError::Program {
-        program: names::KFREE_SKB,
-        source,
-    })?;
-
-    let events: RingBuf<MapData> = take(&mut bpf, names::EVENTS)?;
-    let mut flow_table: PerCpuHashMap<MapData, FlowKey, FlowStats> = take(&mut bpf, names::FLOWS)?;
-    let counters: PerCpuArray<MapData, u64> = take(&mut bpf, names::COUNTERS)?;
-
-    let attacher = Arc::new(Mutex::new(attach::Attacher::new(
-        bpf,
-        config.interfaces.clone(),
-    )));
-    let (added, _) = attacher.lock().unwrap().sync();
-    metrics.interfaces.set(added.len() as i64);
-    let ifnames = attacher.lock().unwrap().names();
-
+    let tls = config.client_tls()?;
+    let kernel = Kernel::load(&config, &metrics)?;
     let listener = metrics::bind(config.metrics_listen)
         .await
         .map_err(|source| ProbeError::MetricsListen {
@@ -173,284 +257,390 @@ pub async fn run(
             addr: config.metrics_listen,
             source,
         })?;
-    let metrics_task = tokio::spawn(metrics::serve(listener, metrics.clone()));
-
     let node = config.node();
     let agg = Arc::new(Mutex::new(
         aggregate::Aggregator::new(node.clone())
             .with_reasons(reasons.iter().map(|(c, n)| (*c, n.as_str())))
             .holding_undecided(),
     ));
-
-    // Ring buffer → aggregator.
-    // SAFETY: the RingBuf owns its map fd and lives inside the AsyncFd.
-    let mut rb = unsafe { AsyncFd::register(events) }.map_err(|e| ProbeError::RingBuf(e.into()))?;
-    let agg_rb = agg.clone();
-    let reader = tokio::spawn(async move {
-        loop {
-            // The kernel wakes us only when much data waits (see
-            // FG_WAKEUP_BYTES); otherwise drain every few milliseconds.
-            if let Ok(Ok(mut ready)) = tokio::time::timeout(RING_POLL, rb.readable_mut()).await {
-                ready.clear_ready();
-            }
-            let ring = rb.get_mut();
-            let mut agg = agg_rb.lock().unwrap();
-            while let Some(item) = ring.next() {
-                match Event::from_bytes(&item) {
-                    Some(e) if e.kind == abi::EVENT_DNS => match DnsEvent::payload_of(&item) {
-                        Some(payload) => agg.dns_response(&e, payload),
-                        None => agg.dns_malformed += 1,
-                    },
-                    Some(e) => agg.event(&e),
-                    None => {}
-                }
-            }
-        }
-    });
-
-    // Interfaces appearing and vanishing.
-    // SAFETY: the OwnedFd owns the socket and lives inside the AsyncFd.
-    let nl = unsafe { AsyncFd::register(attach::link_notifications()?) }
-        .map_err(|e| ProbeError::RingBuf(e.into()))?;
-    let attacher_w = attacher.clone();
-    let metrics_w = metrics.clone();
-    let watcher = tokio::spawn(async move {
-        let mut rescan = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                r = nl.readable() => {
-                    let Ok(mut g) = r else { return };
-                    attach::drain(nl.get_ref());
-                    g.clear_ready();
-                }
-                _ = rescan.tick() => {}
-            }
-            let mut a = attacher_w.lock().unwrap();
-            a.sync();
-            metrics_w.interfaces.set(a.attached().count() as i64);
-        }
-    });
-
-    // Export.
     let buffer = Arc::new(Mutex::new(export::Buffer::new(config.buffer_records)));
-    let more = Arc::new(Notify::new());
-    let stop_export = Arc::new(Notify::new());
-    let probe_id = format!(
-        "{node}/{}-{}",
-        std::process::id(),
-        mono_to_unix_ns() / 1_000_000_000
+    let losses = Arc::new(LossTotals::default());
+
+    let (stop_tx, stop) = Stop::new();
+    let mut components = Components::default();
+    // SAFETY: the RingBuf owns its map fd and lives inside the AsyncFd.
+    let ring =
+        unsafe { AsyncFd::register(kernel.events) }.map_err(|e| ProbeError::RingBuf(e.into()))?;
+    components.spawn(
+        "ring-buffer drain",
+        drain_ring(ring, agg.clone(), stop.clone()),
     );
-    let lost_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let evictions = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (lost_l, buffer_l, evictions_l) = (lost_total.clone(), buffer.clone(), evictions.clone());
-    let losses: export::Losses = Arc::new(move || LossReport {
-        ringbuf_lost_events: lost_l.load(std::sync::atomic::Ordering::Relaxed),
-        buffer_overflow_records: buffer_l.lock().unwrap().overflow_records,
-        flow_table_evictions: evictions_l.load(std::sync::atomic::Ordering::Relaxed),
+    // SAFETY: the OwnedFd owns the socket and lives inside the AsyncFd.
+    let links = unsafe { AsyncFd::register(attach::link_notifications()?) }
+        .map_err(|e| ProbeError::LinkWatch(e.into()))?;
+    components.spawn(
+        "interface watch",
+        watch_interfaces(
+            links,
+            kernel.attacher.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ),
+    );
+    let serve = metrics::serve(listener, metrics.clone(), stop.clone().wait());
+    components.spawn("metrics", async move {
+        serve.await.map_err(ProbeError::MetricsServe)
     });
-    let exporter = tokio::spawn(
-        export::Exporter {
-            collector: config.collector.clone(),
-            tls: config.client_tls()?,
-            probe_id,
-            node,
-            buffer: buffer.clone(),
-            more: more.clone(),
-            losses,
-            metrics: metrics.clone(),
-        }
-        .run(stop_export.clone()),
-    );
+    let more = Arc::new(Notify::new());
+    let exporter = export::Exporter {
+        collector: config.collector.clone(),
+        tls,
+        probe_id: format!(
+            "{node}/{}-{}",
+            std::process::id(),
+            mono_to_unix_ns() / 1_000_000_000
+        ),
+        node,
+        buffer: buffer.clone(),
+        more: more.clone(),
+        losses: losses.report(buffer.clone()),
+        metrics: metrics.clone(),
+    };
+    let delivered = stop.clone().wait();
+    components.spawn("delivery", async move {
+        exporter.run(delivered).await;
+        Ok(())
+    });
 
     on_ready(metrics_addr);
     tracing::info!(granularity = ?granularity, interval = ?config.export_interval, metrics = %metrics_addr, "probe running");
 
-    let mut summary = Summary::default();
-    // Kernel counters already turned into metrics: (truncated, update failures).
-    let mut kernel_seen = (0u64, 0u64);
-    let mut tick = tokio::time::interval(config.export_interval);
-    tick.tick().await;
-    tokio::pin!(shutdown);
-    loop {
-        let last = tokio::select! {
-            _ = tick.tick() => false,
-            _ = &mut shutdown => true,
-        };
-        if last {
-            agg.lock().unwrap().release_held();
+    let windows = Windows {
+        agg,
+        flow_table: kernel.flow_table,
+        counters: kernel.counters,
+        granularity,
+        interval: config.export_interval,
+        idle_ns: config.flow_idle_timeout.as_nanos() as u64,
+        max_batch: config.max_batch_flows,
+        ifnames: kernel.ifnames,
+        attacher: kernel.attacher.clone(),
+        reasons,
+        metrics,
+        buffer: buffer.clone(),
+        more,
+        losses: losses.clone(),
+        kernel_seen: (0, 0),
+    };
+    // A component that ends first ends the run with its error.
+    let mut result = tokio::select! {
+        flows = windows.run(shutdown) => Ok(flows),
+        Some(Err(e)) = components.next(true) => Err(e),
+    };
+    let _ = stop_tx.send(true);
+    while let Some(ended) = components.next(false).await {
+        if let (Err(e), Ok(_)) = (ended, &result) {
+            result = Err(e);
         }
-        let flows = export_window(
-            &agg,
-            &mut flow_table,
-            granularity,
-            &config,
-            &ifnames,
-            &attacher,
-            &reasons,
-            &metrics,
-        );
-        // Ring-buffer losses, from the kernel's counters.
-        let lost: u64 = counters
-            .get(&counter::RINGBUF_LOST, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0);
-        let prev = lost_total.swap(lost, std::sync::atomic::Ordering::Relaxed);
+    }
+    lock(&kernel.attacher).detach_all();
+    let flows_exported = result?;
+    let b = lock(&buffer);
+    Ok(Summary {
+        flows_exported,
+        ringbuf_lost: losses.ringbuf.load(Ordering::Relaxed),
+        buffer_overflow_records: b.overflow_records,
+        unacknowledged_records: b.records(),
+    })
+}
+
+/// The component tasks, by name.
+#[derive(Default)]
+struct Components {
+    set: JoinSet<Result<(), ProbeError>>,
+    names: Vec<(tokio::task::Id, &'static str)>,
+}
+
+impl Components {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = Result<(), ProbeError>> + Send + 'static,
+    ) {
+        let handle = self.set.spawn(task);
+        self.names.push((handle.id(), name));
+    }
+
+    fn name(&self, id: tokio::task::Id) -> &'static str {
+        self.names
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map_or("unnamed", |(_, n)| n)
+    }
+
+    /// The result of the next component to end; ending while the probe is
+    /// `running` is itself an error.
+    async fn next(&mut self, running: bool) -> Option<Result<(), ProbeError>> {
+        Some(match self.set.join_next_with_id().await? {
+            Ok((id, Ok(()))) if running => Err(ProbeError::Ended(self.name(id))),
+            Ok((_, ended)) => ended,
+            Err(source) => Err(ProbeError::Task {
+                component: self.name(source.id()),
+                source,
+            }),
+        })
+    }
+}
+
+/// Loss totals read from the kernel and the aggregator, for metrics and the
+/// loss report sent with every batch.
+#[derive(Default)]
+struct LossTotals {
+    ringbuf: AtomicU64,
+    evictions: AtomicU64,
+}
+
+impl LossTotals {
+    fn report(self: &Arc<Self>, buffer: Arc<Mutex<export::Buffer>>) -> export::Losses {
+        let totals = self.clone();
+        Arc::new(move || LossReport {
+            ringbuf_lost_events: totals.ringbuf.load(Ordering::Relaxed),
+            buffer_overflow_records: lock(&buffer).overflow_records,
+            flow_table_evictions: totals.evictions.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Ring buffer → aggregator, every `RING_POLL`, until the probe stops.
+async fn drain_ring(
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    agg: Arc<Mutex<aggregate::Aggregator>>,
+    stop: Stop,
+) -> Result<(), ProbeError> {
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return Ok(()),
+            ready = tokio::time::timeout(RING_POLL, ring.readable_mut()) => {
+                if let Ok(ready) = ready {
+                    ready.map_err(ProbeError::RingBuf)?.clear_ready();
+                }
+            }
+        }
+        let events = ring.get_mut();
+        let mut agg = lock(&agg);
+        while let Some(item) = events.next() {
+            match Event::from_bytes(&item) {
+                Some(e) if e.kind == abi::EVENT_DNS => match DnsEvent::payload_of(&item) {
+                    Some(payload) => agg.dns_response(&e, payload),
+                    None => agg.dns_malformed += 1,
+                },
+                Some(e) => agg.event(&e),
+                None => {}
+            }
+        }
+    }
+}
+
+/// Attaches to interfaces as they appear (netlink notifications, and a
+/// rescan every `RESCAN`) until the probe stops.
+async fn watch_interfaces(
+    links: AsyncFd<std::os::fd::OwnedFd>,
+    attacher: Arc<Mutex<attach::Attacher>>,
+    metrics: Arc<metrics::Metrics>,
+    stop: Stop,
+) -> Result<(), ProbeError> {
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
+    let mut rescan = tokio::time::interval(RESCAN);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return Ok(()),
+            ready = links.readable() => {
+                let mut ready = ready.map_err(ProbeError::LinkWatch)?;
+                attach::drain(links.get_ref());
+                ready.clear_ready();
+            }
+            _ = rescan.tick() => {}
+        }
+        let mut a = lock(&attacher);
+        a.sync();
+        metrics.interfaces.set(a.attached().count() as i64);
+    }
+}
+
+/// The window export: every interval, the kernel table and the ring
+/// buffer's events become flow records in the delivery buffer.
+struct Windows {
+    agg: Arc<Mutex<aggregate::Aggregator>>,
+    flow_table: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    counters: PerCpuArray<MapData, u64>,
+    granularity: Granularity,
+    interval: Duration,
+    idle_ns: u64,
+    max_batch: usize,
+    ifnames: attach::IfNames,
+    attacher: Arc<Mutex<attach::Attacher>>,
+    reasons: rustc_hash::FxHashMap<u32, String>,
+    metrics: Arc<metrics::Metrics>,
+    buffer: Arc<Mutex<export::Buffer>>,
+    more: Arc<Notify>,
+    losses: Arc<LossTotals>,
+    /// Kernel counters already turned into metrics: (truncated, update failures).
+    kernel_seen: (u64, u64),
+}
+
+impl Windows {
+    /// Exports a window every interval until `shutdown`; then the last one
+    /// (held records included), and waits a moment for its acknowledgement.
+    /// Returns the number of flow records exported.
+    async fn run(mut self, shutdown: impl Future<Output = ()>) -> u64 {
+        let mut exported = 0;
+        let mut tick = tokio::time::interval(self.interval);
+        tick.tick().await;
+        tokio::pin!(shutdown);
+        loop {
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                _ = &mut shutdown => true,
+            };
+            if last {
+                lock(&self.agg).release_held();
+            }
+            exported += self.export() as u64;
+            if last {
+                break;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + LAST_ACK_WAIT;
+        while lock(&self.buffer).records() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        exported
+    }
+
+    /// One window into the buffer; returns its record count.
+    fn export(&mut self) -> usize {
+        let flows = self.flows();
+        self.count_kernel_losses();
+        let evicted = lock(&self.agg).table_evictions;
+        let prev = self.losses.evictions.swap(evicted, Ordering::Relaxed);
+        if evicted > prev {
+            self.metrics.flow_table_evictions.inc_by(evicted - prev);
+            tracing::warn!(
+                entries = evicted - prev,
+                "kernel flow table full: entries evicted before export (counted)"
+            );
+        }
+        let n = flows.len();
+        let mut buffer = lock(&self.buffer);
+        let overflow = buffer.push(flows, self.max_batch);
+        if overflow > 0 {
+            self.metrics.buffer_overflow_records.inc_by(overflow);
+            tracing::warn!(
+                records = overflow,
+                "buffer full while the collector is away: oldest records dropped (counted)"
+            );
+        }
+        self.metrics.buffer_records.set(buffer.records() as i64);
+        self.more.notify_one();
+        n
+    }
+
+    /// Ring-buffer losses, truncated packets and failed inserts, from the
+    /// kernel's per-CPU counters into metrics.
+    fn count_kernel_losses(&mut self) {
+        let total = |index: u32| -> u64 {
+            self.counters
+                .get(&index, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        let lost = total(counter::RINGBUF_LOST);
+        let prev = self.losses.ringbuf.swap(lost, Ordering::Relaxed);
         if lost > prev {
-            metrics.ringbuf_lost.inc_by(lost - prev);
+            self.metrics.ringbuf_lost.inc_by(lost - prev);
             tracing::warn!(
                 lost = lost - prev,
                 "ring buffer full: events lost (counted)"
             );
         }
-        for (index, seen, metric, what) in [
+        let (truncated, update_failures) =
+            (total(counter::TRUNCATED), total(counter::FLOW_UPDATE_FAIL));
+        for (total, seen, metric, what) in [
             (
-                counter::TRUNCATED,
-                &mut kernel_seen.0,
-                &metrics.kernel_truncated_packets,
+                truncated,
+                &mut self.kernel_seen.0,
+                &self.metrics.kernel_truncated_packets,
                 "truncated packets (counted)",
             ),
             (
-                counter::FLOW_UPDATE_FAIL,
-                &mut kernel_seen.1,
-                &metrics.kernel_flow_update_failures,
+                update_failures,
+                &mut self.kernel_seen.1,
+                &self.metrics.kernel_flow_update_failures,
                 "kernel flow-table inserts failed: packets not counted (counted)",
             ),
         ] {
-            let total: u64 = counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0);
             if total > *seen {
                 metric.inc_by(total - *seen);
                 tracing::warn!(count = total - *seen, "{what}");
                 *seen = total;
             }
         }
-        let evicted = agg.lock().unwrap().table_evictions;
-        let prev = evictions.swap(evicted, std::sync::atomic::Ordering::Relaxed);
-        if evicted > prev {
-            metrics.flow_table_evictions.inc_by(evicted - prev);
-            tracing::warn!(
-                entries = evicted - prev,
-                "kernel flow table full: entries evicted before export (counted)"
-            );
-        }
-        summary.flows_exported += flows.len() as u64;
-        let overflow = buffer.lock().unwrap().push(flows, config.max_batch_flows);
-        if overflow > 0 {
-            metrics.buffer_overflow_records.inc_by(overflow);
-            tracing::warn!(
-                records = overflow,
-                "buffer full while the collector is away: oldest records dropped (counted)"
-            );
-        }
-        metrics
-            .buffer_records
-            .set(buffer.lock().unwrap().records() as i64);
-        more.notify_one();
-        if last {
-            break;
-        }
     }
-    // Give the collector a moment to acknowledge the last window.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
-    while buffer.lock().unwrap().records() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    stop_export.notify_one();
-    let _ = exporter.await;
-    reader.abort();
-    watcher.abort();
-    metrics_task.abort();
-    attacher.lock().unwrap().detach_all();
-    summary.ringbuf_lost = lost_total.load(std::sync::atomic::Ordering::Relaxed);
-    let b = buffer.lock().unwrap();
-    summary.buffer_overflow_records = b.overflow_records;
-    summary.unacknowledged_records = b.records();
-    Ok(summary)
-}
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site; the pieces of one loop"
-)]
-fn export_window(
-    agg: &Mutex<aggregate::Aggregator>,
-    table: &mut PerCpuHashMap<MapData, FlowKey, FlowStats>,
-    granularity: Granularity,
-    config: &Config,
-    ifnames: &attach::IfNames,
-    attacher: &Mutex<attach::Attacher>,
-    reasons: &rustc_hash::FxHashMap<u32, String>,
-    metrics: &metrics::Metrics,
-) -> Vec<Flow> {
-    let mut agg = agg.lock().unwrap();
-    if granularity == Granularity::Flow {
-        let now = mono_now_ns();
-        let mut idle = Vec::new();
-        let entries: Vec<(FlowKey, FlowStats)> = table
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, per_cpu)| {
-                let mut total = FlowStats::default();
-                for s in per_cpu.iter().filter(|s| s.packets > 0) {
-                    if total.packets == 0 || s.first_seen_ns < total.first_seen_ns {
-                        total.first_seen_ns = s.first_seen_ns;
-                    }
-                    total.packets += s.packets;
-                    total.bytes += s.bytes;
-                    total.last_seen_ns = total.last_seen_ns.max(s.last_seen_ns);
-                    total.tcp_flags |= s.tcp_flags;
-                }
-                (k, total)
-            })
-            .collect();
-        for (k, total) in entries {
-            agg.table_entry(
-                k,
-                total,
-                now,
-                config.flow_idle_timeout.as_nanos() as u64,
-                &mut idle,
-            );
+    /// The window's flow records: the kernel table (flow mode) and the
+    /// events, folded by the aggregator, with names and metrics.
+    fn flows(&mut self) -> Vec<Flow> {
+        let mut agg = lock(&self.agg);
+        if self.granularity == Granularity::Flow {
+            read_table(&mut self.flow_table, self.idle_ns, &mut agg);
         }
-        agg.table_read_done();
-        for k in idle {
-            let _ = table.remove(&k);
+        let observed: Vec<u32> = lock(&self.attacher).attached().map(|(_, i)| i).collect();
+        // Lock order: the attacher is never awaited while the names are held
+        // (the interface watcher takes the names inside the attacher).
+        let names = self.ifnames.read().unwrap_or_else(PoisonError::into_inner);
+        let mut flows = agg.flush(
+            mono_to_unix_ns(),
+            &|i| names.get(&i).cloned().unwrap_or_default(),
+            &|i| observed.contains(&i),
+        );
+        drop(names);
+        self.sync_aggregator_metrics(&agg);
+        for f in &mut flows {
+            self.name_drop_and_count(f);
         }
+        flows
     }
-    let observed: Vec<u32> = attacher
-        .lock()
-        .unwrap()
-        .attached()
-        .map(|(_, i)| i)
-        .collect();
-    // Lock order: the attacher is never awaited while the names are held
-    // (the interface watcher takes the names inside the attacher).
-    let names = ifnames.read().unwrap();
-    let mut flows = agg.flush(
-        mono_to_unix_ns(),
-        &|i| names.get(&i).cloned().unwrap_or_default(),
-        &|i| observed.contains(&i),
-    );
-    // The aggregator's counts are cumulative (the ring-buffer reader adds
-    // to them between windows): bring the metrics up to them.
-    let sync = |c: &prometheus_client::metrics::counter::Counter, total: u64| {
-        c.inc_by(total.saturating_sub(c.get()));
-    };
-    let (dns_full, dns_held) = agg.dns_names();
-    sync(&metrics.unrelated_drops, agg.unrelated_drops);
-    sync(&metrics.endpoint_drops, agg.endpoint_drops);
-    sync(&metrics.other_protocol_packets, agg.other_protocol_packets);
-    sync(&metrics.dns_responses, agg.dns_responses);
-    sync(&metrics.dns_malformed, agg.dns_malformed);
-    sync(&metrics.dns_names_full, dns_full);
-    metrics.dns_names.set(dns_held as i64);
-    for f in &mut flows {
+
+    /// The aggregator's counts are cumulative (the ring-buffer drain adds
+    /// to them between windows): bring the metrics up to them.
+    fn sync_aggregator_metrics(&self, agg: &aggregate::Aggregator) {
+        let m = &self.metrics;
+        let sync = |c: &prometheus_client::metrics::counter::Counter, total: u64| {
+            c.inc_by(total.saturating_sub(c.get()));
+        };
+        let (dns_full, dns_held) = agg.dns_names();
+        sync(&m.unrelated_drops, agg.unrelated_drops);
+        sync(&m.endpoint_drops, agg.endpoint_drops);
+        sync(&m.other_protocol_packets, agg.other_protocol_packets);
+        sync(&m.dns_responses, agg.dns_responses);
+        sync(&m.dns_malformed, agg.dns_malformed);
+        sync(&m.dns_names_full, dns_full);
+        m.dns_names.set(dns_held as i64);
+    }
+
+    /// Names a record's drop reason and counts it in the metrics.
+    fn name_drop_and_count(&self, f: &mut Flow) {
+        let m = &self.metrics;
         if f.drop_reason_code != 0 {
-            f.drop_reason = reasons
+            f.drop_reason = self
+                .reasons
                 .get(&f.drop_reason_code)
                 .cloned()
                 .unwrap_or_else(|| format!("REASON_{}", f.drop_reason_code));
-            metrics
-                .kernel_drops
+            m.kernel_drops
                 .get_or_create(&metrics::ReasonLabel {
                     reason: f.drop_reason.clone(),
                 })
@@ -459,8 +649,43 @@ fn export_window(
         let label = metrics::InterfaceLabel {
             interface: f.interface.clone(),
         };
-        metrics.packets.get_or_create(&label).inc_by(f.packets);
-        metrics.flows.get_or_create(&label).inc();
+        m.packets.get_or_create(&label).inc_by(f.packets);
+        m.flows.get_or_create(&label).inc();
     }
-    flows
+}
+
+/// Folds the kernel flow table's per-CPU entries into the aggregator and
+/// removes the entries idle for longer than the idle timeout.
+fn read_table(
+    table: &mut PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    idle_ns: u64,
+    agg: &mut aggregate::Aggregator,
+) {
+    let now = mono_now_ns();
+    let mut idle = Vec::new();
+    let entries: Vec<(FlowKey, FlowStats)> = table
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, per_cpu)| {
+            let mut total = FlowStats::default();
+            for s in per_cpu.iter().filter(|s| s.packets > 0) {
+                if total.packets == 0 || s.first_seen_ns < total.first_seen_ns {
+                    total.first_seen_ns = s.first_seen_ns;
+                }
+                total.packets += s.packets;
+                total.bytes += s.bytes;
+                total.last_seen_ns = total.last_seen_ns.max(s.last_seen_ns);
+                total.tcp_flags |= s.tcp_flags;
+            }
+            (k, total)
+        })
+        .collect();
+    for (k, total) in entries {
+        agg.table_entry(k, total, now, idle_ns, &mut idle);
+    }
+    agg.table_read_done();
+    for k in idle {
+        // Gone already (LRU eviction) is fine: the entry is what we wanted gone.
+        let _ = table.remove(&k);
+    }
 }

@@ -164,10 +164,11 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the task is dropped.
+/// Serves `/metrics` and `/healthz` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::response::IntoResponse;
     let registry = Arc::new(metrics.registry());
@@ -189,7 +190,9 @@ pub async fn serve(
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(render))
         .route("/healthz", axum::routing::get(|| async { "ok" }));
-    axum::serve(listener, app).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

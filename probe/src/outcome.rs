@@ -36,8 +36,11 @@ const IDLE_NS: u64 = 300_000_000_000;
 pub(crate) struct Evidence {
     /// A network drop (not an endpoint free): its reason code and class.
     pub drop: Option<(u32, Failure)>,
-    /// The destination had no socket for it (NO_SOCKET).
-    pub no_listener: bool,
+    /// Refused, and why: the destination had no socket for it (NO_SOCKET,
+    /// ICMP port unreachable), no route or host (ICMP host/network
+    /// unreachable), or a firewall's reject (ICMP administratively
+    /// prohibited).
+    pub refused: Option<Failure>,
     pub last_ns: u64,
 }
 
@@ -124,8 +127,16 @@ impl Tracker {
 
     /// The destination of `opener` had no socket for it.
     pub fn no_listener(&mut self, opener: Tuple, ts: u64) {
+        self.refused(opener, Failure::NoListener, ts);
+    }
+
+    /// `opener` was refused for the reason `why` (an ICMP unreachable).
+    /// A missing listener, the most specific finding, is never overridden.
+    pub fn refused(&mut self, opener: Tuple, why: Failure, ts: u64) {
         let e = self.evidence.entry(opener).or_default();
-        e.no_listener = true;
+        if e.refused != Some(Failure::NoListener) {
+            e.refused = Some(why);
+        }
         e.last_ns = e.last_ns.max(ts);
     }
 
@@ -149,8 +160,8 @@ fn judge(proto: u8, opener_type: u16, conn: Option<Conn>, e: Evidence) -> (Outco
     if let Some((_, class)) = e.drop {
         return (Outcome::Dropped, class);
     }
-    if e.no_listener {
-        return (Outcome::Refused, Failure::NoListener);
+    if let Some(why) = e.refused {
+        return (Outcome::Refused, why);
     }
     let Some(c) = conn else {
         return (Outcome::Unspecified, Failure::Unspecified);
@@ -212,6 +223,27 @@ pub(crate) fn icmp_request_of(protocol: u8, reply_type: u16) -> Option<u16> {
         (ICMP, 16) => Some(15),
         (ICMP, 18) => Some(17),
         (ICMPV6, 129) => Some(128),
+        _ => None,
+    }
+}
+
+/// What an ICMP destination unreachable (`icmp` = type << 8 | code, as the
+/// probe's UNREACH event carries it) says about the connection it quotes:
+/// nothing listens on the port, there is no route or host, or a firewall
+/// rejected it. `None` for other codes (fragmentation needed…).
+pub(crate) fn unreachable_failure(v6: bool, icmp: u32) -> Option<Failure> {
+    let (kind, code) = (icmp >> 8, icmp & 0xff);
+    match (v6, kind, code) {
+        // IPv4 type 3: 3 port; 0/1/6/7 net/host unknown or unreachable;
+        // 9/10/13 administratively prohibited.
+        (false, 3, 3) => Some(Failure::NoListener),
+        (false, 3, 0 | 1 | 6 | 7) => Some(Failure::Routing),
+        (false, 3, 9 | 10 | 13) => Some(Failure::Policy),
+        // ICMPv6 type 1: 4 port; 0 no route, 3 address; 1 prohibited,
+        // 5/6 source address failed policy / reject route.
+        (true, 1, 4) => Some(Failure::NoListener),
+        (true, 1, 0 | 3) => Some(Failure::Routing),
+        (true, 1, 1 | 5 | 6) => Some(Failure::Policy),
         _ => None,
     }
 }
@@ -333,6 +365,43 @@ mod tests {
         );
         k.expire(IDLE_NS + 100);
         assert_eq!(k.judge(1, t(UDP)).0, Outcome::Unspecified, "forgotten");
+    }
+
+    #[test]
+    fn icmp_unreachable_refuses_with_its_reason() {
+        assert_eq!(
+            unreachable_failure(false, 3 << 8 | 3),
+            Some(Failure::NoListener)
+        );
+        assert_eq!(
+            unreachable_failure(false, 3 << 8 | 1),
+            Some(Failure::Routing)
+        );
+        assert_eq!(
+            unreachable_failure(false, 3 << 8 | 13),
+            Some(Failure::Policy)
+        );
+        assert_eq!(
+            unreachable_failure(false, 3 << 8 | 4),
+            None,
+            "fragmentation needed"
+        );
+        assert_eq!(
+            unreachable_failure(true, 1 << 8 | 4),
+            Some(Failure::NoListener)
+        );
+        assert_eq!(unreachable_failure(true, 1 << 8 | 1), Some(Failure::Policy));
+        let mut k = Tracker::default();
+        k.observe(1, t(UDP), Side::Opener, obs(1, 0, 10, 10));
+        k.refused(t(UDP), Failure::Routing, 11);
+        assert_eq!(k.judge(1, t(UDP)), (Outcome::Refused, Failure::Routing));
+        k.no_listener(t(UDP), 12);
+        k.refused(t(UDP), Failure::Routing, 13);
+        assert_eq!(
+            k.judge(1, t(UDP)),
+            (Outcome::Refused, Failure::NoListener),
+            "no listener is the most specific finding"
+        );
     }
 
     #[test]

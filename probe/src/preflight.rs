@@ -89,9 +89,9 @@ pub fn is_endpoint_reason(name: &str) -> bool {
 /// The failure class of a network drop reason (one that is not the
 /// endpoint's, see [`is_endpoint_reason`]). Policy: where NetworkPolicy is
 /// enforced (nftables/iptables, a CNI's TC or cgroup BPF program). This
-/// kernel names no conntrack-specific reason; a `ct state invalid drop`
-/// rule shows as NETFILTER_DROP, so only reasons that say conntrack are
-/// classed as such.
+/// kernel names no conntrack-specific reason: a `ct state invalid drop`
+/// rule shows as NETFILTER_DROP, told apart by the drop path's
+/// `DROP_CT_NONE` flag (see the aggregator), not by its name.
 pub fn failure_of(name: &str) -> Failure {
     match name {
         "NETFILTER_DROP" | "TC_INGRESS" | "TC_EGRESS" | "BPF_CGROUP_EGRESS"

@@ -964,3 +964,127 @@ fn flows_carry_the_dns_name_the_pod_resolved() {
     assert_eq!(metrics.dns_responses.get(), 1);
     assert_eq!(metrics.dns_malformed.get(), 0);
 }
+
+// ---------- conntrack ----------
+
+const INVALID_PORT: u16 = 7030;
+
+/// A TCP segment with SYN and FIN (a combination conntrack calls invalid)
+/// from pod a's `sport` to `dst`, sent through a raw socket.
+fn send_syn_fin(pods: &Pods, src: IpAddr, dst: IpAddr, sport: u16) {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        panic!("IPv4 only")
+    };
+    pods.run_in('a', move || {
+        let mut seg = [0u8; 20];
+        seg[0..2].copy_from_slice(&sport.to_be_bytes());
+        seg[2..4].copy_from_slice(&INVALID_PORT.to_be_bytes());
+        seg[4..8].copy_from_slice(&1u32.to_be_bytes());
+        seg[12] = 5 << 4;
+        seg[13] = 0x03; // FIN | SYN
+        seg[14..16].copy_from_slice(&512u16.to_be_bytes());
+        // Checksum over the pseudo-header and the segment, so that only
+        // the flags make it invalid.
+        let mut sum: u32 = 0;
+        let pseudo = [&s.octets()[..], &d.octets()[..], &[0, 6, 0, 20]].concat();
+        for chunk in pseudo.chunks(2).chain(seg.chunks(2)) {
+            sum += u32::from(u16::from_be_bytes([chunk[0], chunk[1]]));
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        seg[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        // SAFETY: a raw socket, closed below; sendto with a valid
+        // sockaddr_in and a buffer of the given length.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let mut to: libc::sockaddr_in = std::mem::zeroed();
+            to.sin_family = libc::AF_INET as u16;
+            to.sin_addr.s_addr = u32::from_ne_bytes(d.octets());
+            let n = libc::sendto(
+                fd,
+                seg.as_ptr().cast(),
+                seg.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            );
+            assert_eq!(n, 20, "sendto: {}", std::io::Error::last_os_error());
+            libc::close(fd);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// With connection tracking on in pod b, a segment conntrack judges invalid
+/// and drops (`ct state invalid drop`) is a conntrack failure, while the
+/// port nftables drops by rule stays a policy drop.
+#[test]
+fn conntrack_invalid_drops_are_told_from_policy_drops() {
+    if !support::is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root; required in CI"
+        );
+        eprintln!("!! SKIPPED conntrack test: needs root");
+        return;
+    }
+    let pods = Pods::create(test_id(6));
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &pods.ns('b'),
+        "nft",
+        "insert rule inet fgtest input ct state invalid drop",
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Receiver::default();
+    let addr = support::serve(&rt, &receiver);
+    let probe = support::start(
+        &rt,
+        support::config(
+            format!("http://{addr}"),
+            vec![pods.veth('a'), pods.veth('b')],
+            GranularityArg::Flow,
+            Duration::from_millis(200),
+        ),
+    );
+    let (a, b, va) = (pods.v4(1), pods.v4(2), pods.veth('a'));
+    let out = |sport: u16, dport: u16, p: Protocol| -> FlowId {
+        (
+            a,
+            b,
+            sport.into(),
+            dport.into(),
+            p as i32,
+            EGRESS,
+            va.clone(),
+        )
+    };
+    let invalid_sport = 40123;
+    send_syn_fin(&pods, a, b, invalid_sport);
+    let dropped = udp_to_dropped_port(&pods, b);
+    let invalid = out(invalid_sport, INVALID_PORT, Protocol::Tcp);
+    let policy = out(dropped, DROPPED_PORT, Protocol::Udp);
+    wait_until("both drops are judged", Duration::from_secs(10), || {
+        let j = judged(&receiver.flows.lock().unwrap());
+        [&invalid, &policy]
+            .iter()
+            .all(|k| last(&j, k).is_some_and(|x| x.0 == Outcome::Dropped))
+    });
+    probe.stop(&rt);
+    let j = judged(&receiver.flows.lock().unwrap());
+    assert_eq!(
+        last(&j, &invalid),
+        Some((Outcome::Dropped, Failure::Conntrack, KernelFate::Dropped)),
+        "{j:#?}"
+    );
+    assert_eq!(
+        last(&j, &policy),
+        Some((Outcome::Dropped, Failure::Policy, KernelFate::Dropped)),
+        "conntrack on, the rule's drop is still policy: {j:#?}"
+    );
+}
