@@ -126,13 +126,22 @@ pub struct Cluster {
     policy_ns: Vec<u32>,
     /// `[ingress, egress]` peers of each policy, compiled.
     compiled: Vec<[CompiledRules; 2]>,
-    /// `[ingress, egress]` isolating policies of each pod.
-    isolating: Vec<[Arc<[PolicyId]>; 2]>,
+    /// Per pod, what a verdict reads first about it.
+    pod_policies: Vec<PodPolicies>,
     selected: Vec<Vec<PodId>>,
     no_policies: Arc<[PolicyId]>,
     /// Shared with what-if variants of this snapshot: the cluster tiers
     /// depend on pods and namespaces only, never on NetworkPolicies.
     tiers: Arc<tiers::Tiers>,
+}
+
+/// What a verdict reads about a pod, together, so that it costs one cache
+/// line: per direction `[ingress, egress]`, the NetworkPolicies isolating it
+/// and its walk through the cluster tiers (see [`tiers`]).
+#[derive(Debug)]
+struct PodPolicies {
+    isolating: [Arc<[PolicyId]>; 2],
+    walk: [u32; 2],
 }
 
 fn dir_index(d: Direction) -> usize {
@@ -209,7 +218,7 @@ impl Cluster {
             policies: Vec::new(),
             policy_ns: Vec::new(),
             compiled: Vec::new(),
-            isolating: Vec::new(),
+            pod_policies: Vec::new(),
             selected: Vec::new(),
             no_policies: Arc::from(Vec::new()),
             tiers: Arc::default(),
@@ -389,9 +398,12 @@ impl Cluster {
                 Arc::from(v)
             }
         };
-        self.isolating = isolating
+        self.pod_policies = isolating
             .into_iter()
-            .map(|[i, e]| [share(i), share(e)])
+            .map(|[i, e]| PodPolicies {
+                isolating: [share(i), share(e)],
+                walk: [0, 0],
+            })
             .collect();
         self.compiled = compiled;
         self.selected = selected;
@@ -470,7 +482,7 @@ impl Cluster {
 
     /// Policies isolating `pod` in `direction`.
     pub fn isolating_policies(&self, pod: PodId, direction: Direction) -> &Arc<[PolicyId]> {
-        &self.isolating[pod.0 as usize][dir_index(direction)]
+        &self.pod_policies[pod.0 as usize].isolating[dir_index(direction)]
     }
 
     /// Pods a peer clause of `policy` matches by its selectors.

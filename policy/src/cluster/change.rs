@@ -60,7 +60,7 @@ impl Cluster {
             policies: Vec::new(),
             policy_ns: Vec::new(),
             compiled: Vec::new(),
-            isolating: Vec::new(),
+            pod_policies: Vec::new(),
             selected: Vec::new(),
             no_policies: self.no_policies.clone(),
             tiers: self.tiers.clone(),
@@ -74,6 +74,11 @@ impl Cluster {
             c.policies.push(info);
         }
         c.compile();
+        // Same pods in the same order: their tier walks carry over, unless
+        // the tiers are recompiled below.
+        for (to, from) in c.pod_policies.iter_mut().zip(&self.pod_policies) {
+            to.walk = from.walk;
+        }
         if !change.cluster_policies.is_empty() {
             let (nodes, mut tier_policies) = self.tier_inputs();
             for o in &change.cluster_policies {

@@ -6,6 +6,13 @@
 //! whose subject it is and that have rules in that direction, ascending, so
 //! a verdict walks only those; namespace selectors are precompiled into
 //! bitsets and node selectors into bitsets over the nodes.
+//!
+//! The hot path does not walk policies but a [`Walk`]: for each distinct
+//! subject list (pods sharing one share it), the rules of those policies
+//! flattened in evaluation order, each with an inline port prefilter, and
+//! without the rules no connection in this snapshot can match (every peer
+//! selects nothing that exists). A verdict then reads one short contiguous
+//! array per direction and touches a rule's peers only when its port fits.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -34,6 +41,9 @@ enum CompiledPeer {
         ns: CompiledNs,
         pods: Selector,
     },
+    /// A `pods` peer with a namespace selector, evaluated at build time:
+    /// a bitset over pod indexes (shared by equal peers).
+    PodSet(Arc<NsSet>),
     /// Bitset over node indexes.
     Nodes(NsSet),
     Networks(Box<[ipnet::IpNet]>),
@@ -56,6 +66,10 @@ struct CompiledRule {
     /// Exactly one numeric clause, so the prefilter is the whole check.
     exact: bool,
     peers: Box<[CompiledPeer]>,
+    /// The rule's id, for the verdict to name it.
+    id: TierRuleId,
+    /// Some peer may match something in this snapshot.
+    live: bool,
 }
 
 fn protocol_bit(p: Protocol) -> u8 {
@@ -63,12 +77,42 @@ fn protocol_bit(p: Protocol) -> u8 {
         Protocol::Tcp => 1,
         Protocol::Udp => 2,
         Protocol::Sctp => 4,
-        Protocol::Icmp | Protocol::Icmpv6 => 0,
+        // No port clause names ICMP; only a rule without ports matches it.
+        Protocol::Icmp | Protocol::Icmpv6 => 8,
     }
 }
 
+/// One rule in a [`Walk`]: its port prefilter inline, so that rejecting it
+/// reads nothing else.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    lo: u16,
+    hi: u16,
+    /// Bit per protocol the rule may match (every bit: no `ports`).
+    protocols: u8,
+    /// The prefilter is not the whole port check (several clauses, or a
+    /// named port).
+    full_check: bool,
+    /// Index into [`Tiers::rules`].
+    rule: u32,
+}
+
+impl Candidate {
+    fn port_may_match(&self, port: u16, protocol: Protocol) -> bool {
+        self.protocols & protocol_bit(protocol) != 0 && self.lo <= port && port <= self.hi
+    }
+}
+
+/// The rules a pod meets in one direction, Admin first, in evaluation order.
+#[derive(Debug, Default)]
+struct Walk {
+    candidates: Box<[Candidate]>,
+    /// `candidates[..admin_end]` are the Admin tier's.
+    admin_end: u32,
+}
+
 impl CompiledRule {
-    fn new(rule: &TierRule, peers: Box<[CompiledPeer]>) -> Self {
+    fn new(rule: &TierRule, id: TierRuleId, peers: Box<[CompiledPeer]>, live: bool) -> Self {
         let ports = rule.ports.as_deref().unwrap_or_default();
         let (mut protocols, mut lo, mut hi) = (0u8, u16::MAX, 0u16);
         for p in ports {
@@ -93,13 +137,28 @@ impl CompiledRule {
             hi,
             exact: ports.len() == 1 && !matches!(ports[0], TierPort::Named(_)),
             peers,
+            id,
+            live,
         }
     }
 
-    /// False only when no port clause can match.
-    fn port_may_match(&self, port: u16, protocol: Protocol) -> bool {
-        self.any_port
-            || (self.protocols & protocol_bit(protocol) != 0 && (self.lo..=self.hi).contains(&port))
+    fn candidate(&self, rule: u32) -> Candidate {
+        if self.any_port {
+            return Candidate {
+                lo: 0,
+                hi: u16::MAX,
+                protocols: u8::MAX,
+                full_check: false,
+                rule,
+            };
+        }
+        Candidate {
+            lo: self.lo,
+            hi: self.hi,
+            protocols: self.protocols,
+            full_check: !self.exact,
+            rule,
+        }
     }
 }
 
@@ -117,7 +176,90 @@ pub(super) struct Tiers {
     rule_ranges: Vec<[(u32, u32); 2]>,
     /// Per pod `[ingress, egress]`: policies whose subject it is, ascending.
     subjects: Vec<[Arc<[ClusterPolicyId]>; 2]>,
+    walks: Vec<Walk>,
     selected: Vec<Vec<PodId>>,
+}
+
+impl Tiers {
+    /// One [`Walk`] per distinct (direction, subject list); returns each
+    /// pod's `[ingress, egress]` walk.
+    fn compile_walks(&mut self) -> Vec<[u32; 2]> {
+        let mut index: FxHashMap<(usize, *const ClusterPolicyId), u32> = FxHashMap::default();
+        let mut walk_of = Vec::with_capacity(self.subjects.len());
+        for lists in &self.subjects {
+            let mut of = [0u32; 2];
+            for (d, list) in lists.iter().enumerate() {
+                // Equal lists share one allocation (interned), so the
+                // pointer identifies the list.
+                let key = (d, list.as_ptr());
+                of[d] = match index.get(&key) {
+                    Some(&w) => w,
+                    None => {
+                        let w = self.walks.len() as u32;
+                        let walk = self.walk(list, d);
+                        self.walks.push(walk);
+                        index.insert(key, w);
+                        w
+                    }
+                };
+            }
+            walk_of.push(of);
+        }
+        walk_of
+    }
+
+    fn walk(&self, policies: &[ClusterPolicyId], d: usize) -> Walk {
+        let mut candidates = Vec::new();
+        let mut admin_end = 0;
+        for &p in policies {
+            let (first, end) = self.rule_ranges[p.0 as usize][d];
+            for r in first..end {
+                let rule = &self.rules[r as usize];
+                if rule.live {
+                    candidates.push(rule.candidate(r));
+                }
+            }
+            if p.0 < self.admin_count {
+                admin_end = candidates.len();
+            }
+        }
+        Walk {
+            candidates: candidates.into_boxed_slice(),
+            admin_end: admin_end as u32,
+        }
+    }
+}
+
+/// The pod bitsets of `pods` peers, by (namespace selector, pod selector),
+/// within a memory budget: past it, peers are matched by their selectors
+/// at verdict time (slower, same answers).
+#[derive(Default)]
+struct PodSets {
+    sets: FxHashMap<(String, String), Arc<NsSet>>,
+    bits: usize,
+}
+
+impl PodSets {
+    /// 64 MiB of bitsets.
+    const BUDGET_BITS: usize = 64 << 23;
+
+    fn key(ns: &NamespaceMatch, pods: &Selector) -> (String, String) {
+        // Debug text: every string quoted, so equal keys mean equal selectors.
+        (format!("{ns:?}"), format!("{pods:?}"))
+    }
+
+    fn get(&self, ns: &NamespaceMatch, pods: &Selector) -> Option<Arc<NsSet>> {
+        self.sets.get(&Self::key(ns, pods)).cloned()
+    }
+
+    fn has_room(&self, pods: usize) -> bool {
+        self.bits + pods <= Self::BUDGET_BITS
+    }
+
+    fn insert(&mut self, ns: &NamespaceMatch, pods: &Selector, set: Arc<NsSet>) {
+        self.bits += set.0.len() * 64;
+        self.sets.insert(Self::key(ns, pods), set);
+    }
 }
 
 fn bitset(n: usize, hit: impl Fn(usize) -> bool) -> NsSet {
@@ -151,17 +293,24 @@ impl Cluster {
         }
         let mut subjects: Vec<[Vec<ClusterPolicyId>; 2]> =
             vec![Default::default(); self.pods.len()];
+        let mut pod_sets = PodSets::default();
         for (pi, p) in policies.iter().enumerate() {
             let mut ranges = [(0u32, 0u32); 2];
             for d in [Direction::Ingress, Direction::Egress] {
                 let first = t.rules.len() as u32;
-                for r in p.rules(d) {
-                    let peers = r
+                for (index, r) in p.rules(d).iter().enumerate() {
+                    let peers: Box<[CompiledPeer]> = r
                         .peers
                         .iter()
-                        .map(|p| self.compile_peer(p, &nodes))
+                        .map(|p| self.compile_peer(p, &nodes, &mut pod_sets))
                         .collect();
-                    t.rules.push(CompiledRule::new(r, peers));
+                    let live = peers.iter().any(|p| self.peer_may_match(p));
+                    let id = TierRuleId {
+                        policy: ClusterPolicyId(pi as u32),
+                        direction: d,
+                        index: index as u32,
+                    };
+                    t.rules.push(CompiledRule::new(r, id, peers, live));
                 }
                 ranges[dir_index(d)] = (first, t.rules.len() as u32);
             }
@@ -195,6 +344,9 @@ impl Cluster {
             .into_iter()
             .map(|[i, e]| [share(i), share(e)])
             .collect();
+        for (pod, walk) in self.pod_policies.iter_mut().zip(t.compile_walks()) {
+            pod.walk = walk;
+        }
         t.nodes = nodes;
         t.policies = policies;
         self.tiers = Arc::new(t);
@@ -219,9 +371,34 @@ impl Cluster {
         }
     }
 
-    fn compile_peer(&self, p: &TierPeer, nodes: &[NodeInfo]) -> CompiledPeer {
+    fn compile_peer(
+        &self,
+        p: &TierPeer,
+        nodes: &[NodeInfo],
+        pod_sets: &mut PodSets,
+    ) -> CompiledPeer {
         match p {
             TierPeer::Namespaces(m) => CompiledPeer::Namespaces(self.compile_ns(m)),
+            TierPeer::Pods {
+                namespaces: namespaces @ NamespaceMatch::Selector(ns),
+                pods,
+            } => match pod_sets.get(namespaces, pods) {
+                Some(set) => CompiledPeer::PodSet(set),
+                None if pod_sets.has_room(self.pods.len()) => {
+                    let set = Arc::new(bitset(self.pods.len(), |i| {
+                        let pod = &self.pods[i];
+                        pod.selectable()
+                            && ns.matches(&self.namespaces[self.pod_ns[i] as usize].labels)
+                            && pods.matches(&pod.labels)
+                    }));
+                    pod_sets.insert(namespaces, pods, set.clone());
+                    CompiledPeer::PodSet(set)
+                }
+                None => CompiledPeer::Pods {
+                    ns: self.compile_ns(namespaces),
+                    pods: pods.clone(),
+                },
+            },
             TierPeer::Pods { namespaces, pods } => CompiledPeer::Pods {
                 ns: self.compile_ns(namespaces),
                 pods: pods.clone(),
@@ -270,7 +447,9 @@ impl Cluster {
         &self.tiers.rules[first as usize..end as usize]
     }
 
-    pub(crate) fn tier_peer_matches(
+    /// Whether peer `peer` of `rule` matches `other` when `subject` is the
+    /// pod the rule applies to (the subject matters for sameLabels).
+    pub fn tier_peer_matches(
         &self,
         rule: TierRuleId,
         peer: usize,
@@ -294,6 +473,7 @@ impl Cluster {
             CompiledPeer::Pods { ns, pods } => self.selectable_pod(other).is_some_and(|o| {
                 self.ns_matches(ns, subject, o) && pods.matches(&self.pod(o).labels)
             }),
+            CompiledPeer::PodSet(set) => other.pod.is_some_and(|o| set.contains(o.0)),
             CompiledPeer::Nodes(set) => self.node_of(other).is_some_and(|n| set.contains(n)),
             CompiledPeer::Networks(nets) => nets.iter().any(|n| n.contains(&other.ip)),
             CompiledPeer::DomainNames => false,
@@ -338,7 +518,7 @@ impl Cluster {
     }
 
     /// The policies of `tier` whose subject `pod` is, in evaluation order.
-    pub(crate) fn tier_subject_policies(
+    pub fn tier_subject_policies(
         &self,
         tier: PolicyTier,
         pod: PodId,
@@ -367,33 +547,60 @@ impl Cluster {
         protocol: Protocol,
         dst_pod: Option<&PodInfo>,
     ) -> Option<(TierRuleId, TierAction)> {
-        for &policy in self.tier_subject_policies(tier, subject, direction) {
-            for (ri, rule) in self.compiled_rules(policy, direction).iter().enumerate() {
-                if !rule.port_may_match(port, protocol) {
-                    continue;
-                }
-                let id = TierRuleId {
-                    policy,
-                    direction,
-                    index: ri as u32,
-                };
-                // Several clauses or a named port: the full check.
-                if !rule.exact
-                    && !rule.any_port
-                    && !Self::tier_rule_ports_match(self.tier_rule(id), port, protocol, dst_pod)
-                {
-                    continue;
-                }
-                if rule
-                    .peers
-                    .iter()
-                    .any(|p| self.compiled_peer_matches(p, subject, other))
-                {
-                    return Some((id, rule.action));
-                }
+        let walk = &self.tiers.walks
+            [self.pod_policies[subject.0 as usize].walk[dir_index(direction)] as usize];
+        let split = walk.admin_end as usize;
+        let candidates = match tier {
+            PolicyTier::Admin => &walk.candidates[..split],
+            PolicyTier::Baseline => &walk.candidates[split..],
+        };
+        for c in candidates {
+            if !c.port_may_match(port, protocol) {
+                continue;
+            }
+            let rule = &self.tiers.rules[c.rule as usize];
+            // Several clauses or a named port: the full check.
+            if c.full_check
+                && !Self::tier_rule_ports_match(self.tier_rule(rule.id), port, protocol, dst_pod)
+            {
+                continue;
+            }
+            if rule
+                .peers
+                .iter()
+                .any(|p| self.compiled_peer_matches(p, subject, other))
+            {
+                return Some((rule.id, rule.action));
             }
         }
         None
+    }
+
+    /// False when the peer matches nothing in this snapshot, whoever the
+    /// subject: its namespace or node set is empty, no selectable pod fits
+    /// it, or it names domains (never matched from an address).
+    fn peer_may_match(&self, p: &CompiledPeer) -> bool {
+        match p {
+            CompiledPeer::Namespaces(CompiledNs::Set(set)) | CompiledPeer::Nodes(set) => {
+                set.0.iter().any(|w| *w != 0)
+            }
+            CompiledPeer::PodSet(set) => set.0.iter().any(|w| *w != 0),
+            CompiledPeer::Pods {
+                ns: CompiledNs::Set(set),
+                pods,
+            } => self.pods().any(|(id, pod)| {
+                pod.selectable()
+                    && set.contains(self.pod_ns[id.0 as usize])
+                    && pods.matches(&pod.labels)
+            }),
+            CompiledPeer::Namespaces(CompiledNs::Related(_))
+            | CompiledPeer::Pods {
+                ns: CompiledNs::Related(_),
+                ..
+            }
+            | CompiledPeer::Networks(_) => true,
+            CompiledPeer::DomainNames => false,
+        }
     }
 
     pub fn cluster_policy(&self, id: ClusterPolicyId) -> &ClusterPolicyInfo {
