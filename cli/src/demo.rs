@@ -31,9 +31,10 @@ pub(crate) struct Args {
     /// until Ctrl-C.
     #[arg(long, env = "FLOWGATE_DEMO_DURATION", value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Which NetworkPolicy features the nftables "CNI" enforces: `all`,
-    /// `none`, or `without:FEATURE,…` (endPort, namedPorts, ipBlockExcept,
-    /// egress) to see what flowgate reports when a CNI leaves them out.
+    /// Which policy features the nftables "CNI" enforces: `all`, `none`, or
+    /// `without:FEATURE,…` (endPort, namedPorts, ipBlockExcept, egress,
+    /// adminTier, baselineTier) to see what flowgate reports when a CNI
+    /// leaves them out.
     #[arg(long, env = "FLOWGATE_DEMO_ENFORCE", default_value = "all")]
     enforce: Enforcement,
     /// Time between two rounds of the scenario's traffic. Shorter shows

@@ -4,14 +4,27 @@
 //!
 //! The ruleset (table `inet flowgate_demo`, in the node namespace) hooks
 //! `forward`: replies of admitted connections pass by conntrack; a packet
-//! leaving pod P (`iifname fg-vP`) runs P's egress chain if a policy isolates
-//! P for egress, and a packet entering pod Q (`oifname fg-vQ`) runs Q's
-//! ingress chain if Q is isolated for ingress. Each chain `return`s on the
-//! first rule that admits the packet (so both sides are checked) and drops
-//! at its end. Rules are generated from [`flowgate_policy::PolicyInfo`]:
+//! leaving pod P (`iifname fg-vP`) runs P's egress chain, and a packet
+//! entering pod Q (`oifname fg-vQ`) runs Q's ingress chain, when any tier
+//! has something to say about that pod and direction. The chains follow the
+//! tiers in order:
+//!
+//! 1. `egress_P` holds the Admin tier's rules (AdminNetworkPolicy and Admin
+//!    ClusterNetworkPolicy), by priority then rule order: `Accept` returns
+//!    (this side admitted, NetworkPolicies not consulted), `Deny` drops,
+//!    `Pass` jumps (`goto`) to the next tier; at its end it goes there too.
+//! 2. `egress_P_np`: if NetworkPolicies isolate P, their rules `return` on
+//!    the first that admits the packet (so both sides are checked) and the
+//!    chain drops at its end. Otherwise the Baseline tier's rules: `Accept`
+//!    and `Pass` return, `Deny` drops, and the end returns (allowed).
+//!
+//! NetworkPolicy rules are generated from [`flowgate_policy::PolicyInfo`]:
 //! peers become address sets (pods through `peer_pods`, ipBlocks minus their
 //! `except` ranges), ports become `meta l4proto … th dport …`, named ports
-//! resolve against the destination pod (per destination for egress).
+//! resolve against the destination pod (per destination for egress). Tier
+//! rules likewise: `namespaces`/`pods` peers become the addresses of the
+//! pods they match for P, `nodes` the Nodes' addresses, `networks` their
+//! CIDRs; `domainNames` match nothing (as in the engine).
 //!
 //! [`Enforcement`] leaves out features the way a CNI lacking them would:
 //! - `endPort`: the range is ignored and only its start port is allowed (what
@@ -19,7 +32,10 @@
 //! - `namedPorts`: port entries naming a port are dropped from the rule; a
 //!   rule left with only such entries admits nothing (never everything).
 //! - `ipBlockExcept`: `except` is ignored, the whole `cidr` is admitted.
-//! - `egress`: egress policies are not enforced at all.
+//! - `egress`: egress policies are not enforced at all (of any tier).
+//! - `adminTier`: the Admin tier is ignored (a CNI without
+//!   AdminNetworkPolicy/ClusterNetworkPolicy support).
+//! - `baselineTier`: the Baseline tier is ignored.
 //!
 //! The demo topology is IPv4, so IPv6 ipBlocks never match and are left out.
 
@@ -27,7 +43,10 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
-use flowgate_policy::{Cluster, Direction, Peer, PodId, PortMatch, PortSpec, Protocol};
+use flowgate_policy::{
+    Cluster, Direction, Peer, PodId, PolicyTier, PortMatch, PortSpec, Protocol, TierAction,
+    TierPeer, TierPort, TierRuleId,
+};
 use ipnet::IpNet;
 
 use crate::topology::pod_link;
@@ -43,6 +62,8 @@ pub struct Enforcement {
     pub named_ports: bool,
     pub ip_block_except: bool,
     pub egress: bool,
+    pub admin_tier: bool,
+    pub baseline_tier: bool,
 }
 
 impl Enforcement {
@@ -52,6 +73,8 @@ impl Enforcement {
         named_ports: true,
         ip_block_except: true,
         egress: true,
+        admin_tier: true,
+        baseline_tier: true,
     };
     pub const NONE: Enforcement = Enforcement {
         enabled: false,
@@ -59,13 +82,15 @@ impl Enforcement {
         named_ports: false,
         ip_block_except: false,
         egress: false,
+        admin_tier: false,
+        baseline_tier: false,
     };
 }
 
 /// `--enforce` is not `all`, `none` or `without:FEATURE,…`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid enforcement {0:?}: expected all, none or without:FEATURE[,FEATURE…] with FEATURE one of endPort, namedPorts, ipBlockExcept, egress"
+    "invalid enforcement {0:?}: expected all, none or without:FEATURE[,FEATURE…] with FEATURE one of endPort, namedPorts, ipBlockExcept, egress, adminTier, baselineTier"
 )]
 pub struct InvalidEnforcement(pub String);
 
@@ -86,6 +111,8 @@ impl FromStr for Enforcement {
                 "namedPorts" => e.named_ports = false,
                 "ipBlockExcept" => e.ip_block_except = false,
                 "egress" => e.egress = false,
+                "adminTier" => e.admin_tier = false,
+                "baselineTier" => e.baseline_tier = false,
                 _ => return Err(err()),
             }
         }
@@ -177,38 +204,15 @@ pub fn compile(cluster: &Cluster, enforcement: Enforcement, link_of: LinkOf<'_>)
                 if direction == Direction::Egress && !enforcement.egress {
                     continue;
                 }
-                let isolating = cluster.isolating_policies(pod, direction);
-                if isolating.is_empty() {
-                    continue;
-                }
                 let (name, hook) = match direction {
                     Direction::Egress => (format!("egress_{index}"), "iifname"),
                     Direction::Ingress => (format!("ingress_{index}"), "oifname"),
                 };
+                let Some(body) = pod_chains(cluster, enforcement, pod, direction, &name) else {
+                    continue;
+                };
                 let _ = writeln!(forward, "    {hook} \"{}\" jump {name}", pod_link(index));
-                let _ = writeln!(chains, "  chain {name} {{");
-                for &policy in isolating.iter() {
-                    let info = cluster.policy(policy);
-                    for (ri, rule) in info.rules(direction).iter().enumerate() {
-                        let comment =
-                            format!("{}/{} {direction:?} rule {ri}", info.namespace, info.name);
-                        for line in rule_lines(
-                            cluster,
-                            enforcement,
-                            policy,
-                            pod,
-                            direction,
-                            &rule.peers,
-                            &rule.ports,
-                        ) {
-                            let _ = writeln!(chains, "    {line} return comment \"{comment}\"");
-                        }
-                    }
-                }
-                let _ = writeln!(
-                    chains,
-                    "    counter drop comment \"isolated, no rule admits\"\n  }}"
-                );
+                chains.push_str(&body);
             }
         }
     }
@@ -219,6 +223,210 @@ pub fn compile(cluster: &Cluster, enforcement: Enforcement, link_of: LinkOf<'_>)
     out.push_str(&chains);
     out.push_str("}\n");
     out
+}
+
+/// The two chains of one pod and direction (see the module docs), or
+/// `None` when no tier applies to it.
+fn pod_chains(
+    cluster: &Cluster,
+    enforcement: Enforcement,
+    pod: PodId,
+    direction: Direction,
+    name: &str,
+) -> Option<String> {
+    let tier = |t: PolicyTier, on: bool| {
+        if on {
+            cluster.tier_subject_policies(t, pod, direction)
+        } else {
+            &[]
+        }
+    };
+    let admin = tier(PolicyTier::Admin, enforcement.admin_tier);
+    let isolating = cluster.isolating_policies(pod, direction);
+    let baseline = tier(PolicyTier::Baseline, enforcement.baseline_tier);
+    let baseline = if isolating.is_empty() { baseline } else { &[] };
+    if admin.is_empty() && isolating.is_empty() && baseline.is_empty() {
+        return None;
+    }
+    let rest = format!("{name}_np");
+    let mut out = String::new();
+    let _ = writeln!(out, "  chain {name} {{");
+    tier_rules(cluster, enforcement, pod, direction, admin, &rest, &mut out);
+    let _ = writeln!(out, "    goto {rest}\n  }}\n  chain {rest} {{");
+    if isolating.is_empty() {
+        tier_rules(
+            cluster,
+            enforcement,
+            pod,
+            direction,
+            baseline,
+            &rest,
+            &mut out,
+        );
+    } else {
+        for &policy in isolating.iter() {
+            let info = cluster.policy(policy);
+            for (ri, rule) in info.rules(direction).iter().enumerate() {
+                let comment = format!("{}/{} {direction:?} rule {ri}", info.namespace, info.name);
+                for line in rule_lines(
+                    cluster,
+                    enforcement,
+                    policy,
+                    pod,
+                    direction,
+                    &rule.peers,
+                    &rule.ports,
+                ) {
+                    let _ = writeln!(out, "    {line} return comment \"{comment}\"");
+                }
+            }
+        }
+        let _ = writeln!(out, "    counter drop comment \"isolated, no rule admits\"");
+    }
+    let _ = writeln!(out, "  }}");
+    Some(out)
+}
+
+/// The rules of the tier policies `policies` (in evaluation order) for
+/// `pod`: Accept returns, Deny drops, Pass goes to `next` (in the Baseline
+/// tier, whose `next` is its own chain's end, Pass returns).
+fn tier_rules(
+    cluster: &Cluster,
+    enforcement: Enforcement,
+    pod: PodId,
+    direction: Direction,
+    policies: &[flowgate_policy::ClusterPolicyId],
+    next: &str,
+    out: &mut String,
+) {
+    for &policy in policies {
+        let info = cluster.cluster_policy(policy);
+        for index in 0..info.rules(direction).len() as u32 {
+            let id = TierRuleId {
+                policy,
+                direction,
+                index,
+            };
+            let verdict = match (cluster.tier_rule(id).action, info.tier) {
+                (TierAction::Accept, _) | (TierAction::Pass, PolicyTier::Baseline) => {
+                    "return".to_owned()
+                }
+                (TierAction::Deny, _) => "drop".to_owned(),
+                (TierAction::Pass, PolicyTier::Admin) => format!("goto {next}"),
+            };
+            let comment = cluster.decided_by_key(id);
+            for line in tier_rule_lines(cluster, enforcement, id, pod) {
+                let _ = writeln!(out, "    {line} {verdict} comment \"{comment}\"");
+            }
+        }
+    }
+}
+
+/// The nft match expressions (without verdict) of one Admin or Baseline
+/// rule applied to `pod`.
+fn tier_rule_lines(
+    cluster: &Cluster,
+    enforcement: Enforcement,
+    id: TierRuleId,
+    pod: PodId,
+) -> Vec<String> {
+    let rule = cluster.tier_rule(id);
+    let addr_key = match id.direction {
+        Direction::Egress => "ip daddr",
+        Direction::Ingress => "ip saddr",
+    };
+    let mut ranges: Ranges = Vec::new();
+    let mut peer_pods: Vec<PodId> = Vec::new();
+    for (pi, peer) in rule.peers.iter().enumerate() {
+        match peer {
+            TierPeer::Namespaces(_) | TierPeer::Pods { .. } => {
+                for (other, _) in cluster.pods() {
+                    let endpoint = cluster.pod_endpoint(other, None);
+                    if cluster.tier_peer_matches(id, pi, pod, &endpoint)
+                        && let Some(a) = pod_v4(cluster, other)
+                    {
+                        ranges.push((a, a));
+                        peer_pods.push(other);
+                    }
+                }
+            }
+            TierPeer::Nodes(selector) => {
+                for node in cluster
+                    .nodes()
+                    .iter()
+                    .filter(|n| selector.matches(&n.labels))
+                {
+                    ranges.extend(node.addresses.iter().filter_map(|a| match a {
+                        IpAddr::V4(a) => Some((u32::from(*a), u32::from(*a))),
+                        IpAddr::V6(_) => None,
+                    }));
+                }
+            }
+            TierPeer::Networks(nets) => ranges.extend(nets.iter().filter_map(net_range)),
+            // Never matched from an address, as in the engine.
+            TierPeer::DomainNames(_) => {}
+        }
+    }
+    if ranges.is_empty() {
+        return Vec::new();
+    }
+    let addr = format!("{addr_key} {}", render_set(&ranges));
+    let Some(ports) = &rule.ports else {
+        return vec![addr];
+    };
+    let mut lines = Vec::new();
+    for port in ports {
+        match port {
+            TierPort::Number { protocol, port } => {
+                if let Some(proto) = l4(*protocol) {
+                    lines.push(format!("{addr} meta l4proto {proto} th dport {port}"));
+                }
+            }
+            TierPort::Range {
+                protocol,
+                start,
+                end,
+            } => {
+                if let Some(proto) = l4(*protocol) {
+                    lines.push(format!(
+                        "{addr} meta l4proto {proto} th dport {start}-{end}"
+                    ));
+                }
+            }
+            TierPort::Named(name) if enforcement.named_ports => {
+                // The destination pod's container port of that name, with
+                // its own protocol.
+                let resolve = |p: PodId| {
+                    cluster
+                        .pod(p)
+                        .ports
+                        .iter()
+                        .find(|np| &np.name == name)
+                        .and_then(|np| Some((l4(np.protocol)?, np.port)))
+                };
+                match id.direction {
+                    Direction::Ingress => {
+                        if let Some((proto, n)) = resolve(pod) {
+                            lines.push(format!("{addr} meta l4proto {proto} th dport {n}"));
+                        }
+                    }
+                    Direction::Egress => {
+                        for p in &peer_pods {
+                            if let (Some((proto, n)), Some(a)) = (resolve(*p), pod_v4(cluster, *p))
+                            {
+                                lines.push(format!(
+                                    "ip daddr {} meta l4proto {proto} th dport {n}",
+                                    render_set(&vec![(a, a)])
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            TierPort::Named(_) => {}
+        }
+    }
+    lines
 }
 
 /// The nft match expressions (without verdict) of one rule.

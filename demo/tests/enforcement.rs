@@ -51,6 +51,10 @@ fn default_scenario() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/default-scenario.yaml")
 }
 
+fn tiers_scenario() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tiers-scenario.yaml")
+}
+
 fn place(path: &Path) -> Result<Placed> {
     Ok(Scenario::from_file(path)?.place()?)
 }
@@ -154,7 +158,11 @@ fn full_enforcement_drops_exactly_what_the_engine_denies() -> Result<()> {
     if !prerequisites()? {
         return Ok(());
     }
-    for path in [default_scenario(), fixture("mixed-features.yaml")] {
+    for path in [
+        default_scenario(),
+        fixture("mixed-features.yaml"),
+        tiers_scenario(),
+    ] {
         let placed = place(&path)?;
         let flows = matrix(&placed);
         let denied = flows.iter().filter(|f| !placed.allowed(f)).count();
@@ -221,5 +229,43 @@ fn leaving_a_feature_out_changes_exactly_the_flows_that_need_it() -> Result<()> 
         got.iter()
             .all(|g| g.ends_with("(engine: denied, kernel: allowed)"))
     );
+    Ok(())
+}
+
+/// The cluster tiers: a CNI that ignores the Admin tier (or the Baseline
+/// tier) disagrees with the policies on exactly the flows a rule of that
+/// tier decides; Pass rules change nothing (the NetworkPolicies decide
+/// either way).
+#[test]
+fn leaving_a_tier_out_changes_exactly_the_flows_it_decides() -> Result<()> {
+    let _guard = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    if !prerequisites()? {
+        return Ok(());
+    }
+    let placed = place(&tiers_scenario())?;
+    let flows = placed.flows.clone();
+    let cases: [(&str, &[&str]); 2] = [
+        (
+            "without:adminTier",
+            &[
+                "monitoring/prometheus -> prod/frontend TCP 9090 (engine: allowed, kernel: denied)",
+                "dev/tool -> prod/db TCP 5432 (engine: allowed, kernel: denied)",
+                "prod/frontend -> 198.51.100.10 TCP 443 (engine: denied, kernel: allowed)",
+                "shop/cart -> 198.51.100.10 TCP 443 (engine: denied, kernel: allowed)",
+            ],
+        ),
+        (
+            "without:baselineTier",
+            &[
+                "dev/tool -> 203.0.113.10 TCP 443 (engine: denied, kernel: allowed)",
+                "dev/tool -> shop/cart TCP 8000 (engine: denied, kernel: allowed)",
+            ],
+        ),
+    ];
+    for (flag, expected) in cases {
+        let e: Enforcement = flag.parse()?;
+        let got = disagreements(&placed, e, &flows)?;
+        assert_eq!(got, expected.to_vec(), "--enforce {flag}");
+    }
     Ok(())
 }
