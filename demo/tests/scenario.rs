@@ -138,12 +138,20 @@ fn tiers_scenario_exercises_every_tier_rule_in_order() -> Result<()> {
         let dst = c.endpoint_for_ip(IpAddr::V4(placed.target_ip(f.to)));
         let v = c.verdict(&src, &dst, f.port, f.protocol);
         for d in [&v.egress, &v.ingress] {
-            used.extend(d.decided_by.iter().chain(&d.passed_by).map(|r| c.decided_by_key(*r)));
+            used.extend(
+                d.decided_by
+                    .iter()
+                    .chain(&d.passed_by)
+                    .map(|r| c.decided_by_key(*r)),
+            );
         }
     }
     let mut every = std::collections::BTreeSet::new();
     for (id, p) in c.cluster_policies() {
-        for direction in [flowgate_policy::Direction::Ingress, flowgate_policy::Direction::Egress] {
+        for direction in [
+            flowgate_policy::Direction::Ingress,
+            flowgate_policy::Direction::Egress,
+        ] {
             for index in 0..p.rules(direction).len() as u32 {
                 every.insert(c.decided_by_key(flowgate_policy::TierRuleId {
                     policy: id,
@@ -172,7 +180,9 @@ fn tiers_scenario_exercises_every_tier_rule_in_order() -> Result<()> {
         body[..body.find("\n  }").unwrap_or(body.len())].to_owned()
     };
     let admin = chain("ingress_0");
-    let scrape = admin.find("admin/allow-monitoring/ingress/scrape").unwrap_or(usize::MAX);
+    let scrape = admin
+        .find("admin/allow-monitoring/ingress/scrape")
+        .unwrap_or(usize::MAX);
     let pass = admin.find("goto ingress_0_np comment \"admin/guard-prod/ingress/web-from-dev\"");
     let rest = admin.find("return comment \"admin/guard-prod/ingress/rest-from-dev\"");
     assert!(
@@ -181,11 +191,15 @@ fn tiers_scenario_exercises_every_tier_rule_in_order() -> Result<()> {
     );
     assert!(admin.trim_end().ends_with("goto ingress_0_np"), "{admin}");
     let np = chain("ingress_0_np");
-    assert!(np.contains("prod/allow-same-namespace") && np.contains("drop"), "{np}");
+    assert!(
+        np.contains("prod/allow-same-namespace") && np.contains("drop"),
+        "{np}"
+    );
     // dev/tool (pod 2) is not isolated for egress: its Baseline rule.
     let baseline = chain("egress_2_np");
     assert!(
-        baseline.contains("203.0.113.0-203.0.113.255") && baseline.contains("drop comment \"baseline/dev-egress/egress/no-test-net\""),
+        baseline.contains("203.0.113.0-203.0.113.255")
+            && baseline.contains("drop comment \"baseline/dev-egress/egress/no-test-net\""),
         "{baseline}"
     );
     // Without the Admin tier, its rules are gone and the rest stays.
