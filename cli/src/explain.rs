@@ -93,7 +93,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `GET /api/v1/explain` on the collector; its `explanation`.
+/// `GET /api/v1/explain` on the collector; its `explanation`, after its
+/// `not_policy` finding when there is one.
 fn remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
     let mut query = vec![
         ("from", args.from.clone()),
@@ -111,6 +112,10 @@ fn remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
         Output::Text => {
             let view: View = serde_json::from_value(explanation)
                 .context("the collector's explanation lacks expected fields")?;
+            // What the flows say comes first when the policies are not the problem.
+            if let Some(message) = answer["not_policy"]["message"].as_str() {
+                println!("{message}");
+            }
             print!("{}", render_view(&view));
         }
     }

@@ -14,6 +14,8 @@
 //! | `is_reply` | the answer direction of a connection | false |
 //! | `kernel_fate` | `forwarded` or `dropped` | `forwarded` |
 //! | `drop_reason` | e.g. `NETFILTER_DROP` (with `dropped`) | none |
+//! | `outcome` | `established`, `refused`, `unanswered`, `dropped`, `reset`, `closed` | none |
+//! | `failure` | `policy`, `no_listener`, `conntrack`, `routing`, `other` | none |
 //! | `node`, `interface` | where it was seen | `replay`, empty |
 //! | `ago` | first packet this long before now (`5m`, `1h`) | `0s` |
 //! | `duration` | last packet this long after the first | `0s` |
@@ -60,6 +62,54 @@ pub enum ReplayFate {
     Dropped,
 }
 
+/// How the connection went, as the probe judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayOutcome {
+    Established,
+    Refused,
+    Unanswered,
+    Dropped,
+    Reset,
+    Closed,
+}
+
+impl From<ReplayOutcome> for v1::Outcome {
+    fn from(o: ReplayOutcome) -> Self {
+        match o {
+            ReplayOutcome::Established => v1::Outcome::Established,
+            ReplayOutcome::Refused => v1::Outcome::Refused,
+            ReplayOutcome::Unanswered => v1::Outcome::Unanswered,
+            ReplayOutcome::Dropped => v1::Outcome::Dropped,
+            ReplayOutcome::Reset => v1::Outcome::Reset,
+            ReplayOutcome::Closed => v1::Outcome::Closed,
+        }
+    }
+}
+
+/// Why the connection failed, as the probe tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayFailure {
+    Policy,
+    NoListener,
+    Conntrack,
+    Routing,
+    Other,
+}
+
+impl From<ReplayFailure> for v1::Failure {
+    fn from(f: ReplayFailure) -> Self {
+        match f {
+            ReplayFailure::Policy => v1::Failure::Policy,
+            ReplayFailure::NoListener => v1::Failure::NoListener,
+            ReplayFailure::Conntrack => v1::Failure::Conntrack,
+            ReplayFailure::Routing => v1::Failure::Routing,
+            ReplayFailure::Other => v1::Failure::Other,
+        }
+    }
+}
+
 /// One flow as written in a replay file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +136,10 @@ pub struct ReplayFlow {
     pub kernel_fate: ReplayFate,
     #[serde(default)]
     pub drop_reason: Option<String>,
+    #[serde(default)]
+    pub outcome: Option<ReplayOutcome>,
+    #[serde(default)]
+    pub failure: Option<ReplayFailure>,
     #[serde(default)]
     pub node: Option<String>,
     #[serde(default)]
@@ -204,8 +258,8 @@ pub fn to_flows(
                 drop_reason_code: 0,
                 drop_reason: f.drop_reason.clone().unwrap_or_default(),
                 dropped_packets: if dropped { f.packets } else { 0 },
-                outcome: v1::Outcome::Unspecified as i32,
-                failure: v1::Failure::Unspecified as i32,
+                outcome: f.outcome.map_or(v1::Outcome::Unspecified, Into::into) as i32,
+                failure: f.failure.map_or(v1::Failure::Unspecified, Into::into) as i32,
                 src_dns_name: String::new(),
                 dst_dns_name: String::new(),
                 enrichment: None,

@@ -514,6 +514,7 @@ async fn explain(
         port,
         protocol,
     );
+    let allowed = explanation.allowed;
     let explanation = serde_json::to_value(&explanation).map_err(|e| ApiError::Internal {
         message: e.to_string(),
     })?;
@@ -534,8 +535,50 @@ async fn explain(
     Ok(Json(json!({
         "generation": cluster.generation(),
         "explanation": explanation,
+        "not_policy": not_policy(allowed, port, &rows),
         "flows": rows,
     })))
+}
+
+/// When the policies allow a connection and the newest judged flow of it
+/// still failed for a reason that is not policy (nothing listening, no
+/// route, connection tracking), what the flows say — so that Why-blocked
+/// says first that the policies are not the problem. `null` otherwise.
+fn not_policy(allowed: bool, port: u16, flows: &Value) -> Value {
+    use flowgate_query::model::Failure;
+    if !allowed {
+        return Value::Null;
+    }
+    // Newest first; replies carry the answer, the request the judgement.
+    let judged = flows.as_array().into_iter().flatten().find(|f| {
+        f["is_reply"] != json!(true) && f["outcome"].as_str().is_some_and(|o| !o.is_empty())
+    });
+    let Some(flow) = judged else {
+        return Value::Null;
+    };
+    let failure: Option<Failure> = flow["failure"].as_str().and_then(|f| f.parse().ok());
+    let reason = flow["drop_reason"].as_str().filter(|r| !r.is_empty());
+    let because = match failure {
+        Some(Failure::NoListener) => {
+            format!("nothing listens on port {port} at the destination: the connection was refused")
+        }
+        Some(Failure::Routing) => format!(
+            "the kernel found no route or neighbour for it{}",
+            reason.map(|r| format!(" ({r})")).unwrap_or_default()
+        ),
+        Some(Failure::Conntrack) => format!(
+            "connection tracking dropped its packets as invalid{}",
+            reason.map(|r| format!(" ({r})")).unwrap_or_default()
+        ),
+        _ => return Value::Null,
+    };
+    json!({
+        "outcome": flow["outcome"],
+        "failure": flow["failure"],
+        "drop_reason": reason,
+        "time": flow["time"],
+        "message": format!("Not a policy problem: the policies allow this connection, but {because}."),
+    })
 }
 
 async fn policies(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -648,4 +691,53 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(is_reply: bool, outcome: &str, failure: Option<&str>) -> Value {
+        json!({"is_reply": is_reply, "outcome": outcome, "failure": failure, "drop_reason": null, "time": "t"})
+    }
+
+    #[test]
+    fn an_allowed_connection_that_failed_elsewhere_is_not_a_policy_problem() {
+        let refused = json!([
+            flow(true, "refused", Some("no_listener")),
+            flow(false, "refused", Some("no_listener"))
+        ]);
+        let np = not_policy(true, 9090, &refused);
+        let message = np["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("Not a policy problem") && message.contains("port 9090"),
+            "{np}"
+        );
+        assert_eq!(np["failure"], "no_listener");
+        assert_eq!(
+            not_policy(false, 9090, &refused),
+            Value::Null,
+            "denied: policy is the problem"
+        );
+        let routed = json!([flow(false, "dropped", Some("routing"))]);
+        assert!(
+            not_policy(true, 80, &routed)["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no route")
+        );
+        let policy = json!([flow(false, "dropped", Some("policy"))]);
+        assert_eq!(
+            not_policy(true, 80, &policy),
+            Value::Null,
+            "a policy drop is a policy problem"
+        );
+        // The newest judged flow decides: established since.
+        let fixed = json!([
+            flow(false, "established", None),
+            flow(false, "refused", Some("no_listener"))
+        ]);
+        assert_eq!(not_policy(true, 80, &fixed), Value::Null);
+        assert_eq!(not_policy(true, 80, &json!([])), Value::Null);
+    }
 }

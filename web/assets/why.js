@@ -1,6 +1,9 @@
 // "Why blocked": the policy engine's explanation of one connection — the
 // isolating policies per direction, the rules it checked, the nearest miss in
 // words, the YAML of the policies involved, and the flows seen for the pair.
+// When the policies allow it and the flows show it failed for another reason
+// (nothing listening, routing, conntrack), that comes first: most "blocked"
+// connections are not a policy problem.
 
 import * as api from "./api.js";
 import { fateBadge, fill, fmtBytes, fmtCount, fmtTime, h, hashFor, mismatchBadge, verdictBadge } from "./dom.js";
@@ -74,6 +77,7 @@ async function explain(result, params, ctx) {
   const yaml = policies.policies.filter((p) => involved.has(`${p.namespace}/${p.name}`));
   fill(
     result,
+    notPolicy(answer.not_policy),
     h(
       "section",
       { class: `verdict-card ${x.allowed ? "allowed" : "denied"}` },
@@ -96,6 +100,19 @@ async function explain(result, params, ctx) {
         : h("p", { class: "muted" }, "No NetworkPolicy selects either end: nothing is isolated, everything is allowed."),
     ),
     h("section", {}, h("h3", {}, `Flows seen for this connection (${answer.flows.length})`), observed(answer.flows)),
+  );
+}
+
+/** The collector's finding that an allowed connection failed for another reason, or nothing. */
+function notPolicy(np) {
+  if (!np) return null;
+  const seen = [np.outcome, np.failure && np.failure.replaceAll("_", " "), np.drop_reason].filter(Boolean).join(", ");
+  return h(
+    "section",
+    { class: "verdict-card not-policy", id: "why-not-policy" },
+    h("h2", {}, "Not a policy problem"),
+    h("p", { class: "summary" }, np.message),
+    h("p", { class: "muted" }, `observed: ${seen}${np.time ? ` at ${fmtTime(np.time)}` : ""}`),
   );
 }
 
