@@ -56,6 +56,11 @@ pub(crate) struct Args {
     /// rebuilt: longer costs fewer rebuilds under churn, shorter reacts faster.
     #[arg(long, default_value_t = defaults().rebuild_debounce.into(), env = "FLOWGATE_REBUILD_DEBOUNCE")]
     rebuild_debounce: humantime::Duration,
+    /// How often the API is asked again for a policy-tier CRD
+    /// (AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy)
+    /// that is not installed: shorter notices a new install sooner.
+    #[arg(long, default_value_t = defaults().crd_recheck.into(), env = "FLOWGATE_CRD_RECHECK")]
+    crd_recheck: humantime::Duration,
     /// How long a deleted pod still names its IP for late flows; longer costs memory.
     #[arg(long, default_value_t = defaults().tombstone_retention.into(), env = "FLOWGATE_TOMBSTONE_RETENTION")]
     tombstone_retention: humantime::Duration,
@@ -143,6 +148,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.query_timeout = args.query_timeout.into();
     config.query_max_rows = args.query_max_rows;
     config.rebuild_debounce = args.rebuild_debounce.into();
+    config.crd_recheck = args.crd_recheck.into();
     config.tombstone_retention = args.tombstone_retention.into();
     config.cluster_poll = args.cluster_poll;
     config.flush_rows = args.flush_rows;

@@ -38,6 +38,9 @@ pub struct Config {
     /// Cluster changes are gathered for this long before the policy snapshot
     /// is rebuilt.
     pub rebuild_debounce: Duration,
+    /// How often the API is asked again for a policy-tier CRD that is not
+    /// installed.
+    pub crd_recheck: Duration,
     /// How often `--cluster` files are checked for changes.
     pub cluster_poll: Duration,
     /// How long a deleted pod still names its IP for late flows.
@@ -85,6 +88,7 @@ impl Config {
             query_timeout: QueryLimits::default().timeout,
             query_max_rows: QueryLimits::default().max_rows,
             rebuild_debounce: Duration::from_millis(200),
+            crd_recheck: Duration::from_secs(60),
             cluster_poll: Duration::from_secs(1),
             tombstone_retention: Duration::from_secs(3600),
             verdict_cache_entries: 65_536,

@@ -272,7 +272,10 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
             cluster::watch::spawn(
                 client,
                 writer,
-                config.rebuild_debounce,
+                cluster::watch::WatchTiming {
+                    debounce: config.rebuild_debounce,
+                    crd_recheck: config.crd_recheck,
+                },
                 metrics.clone(),
                 &mut background,
             );

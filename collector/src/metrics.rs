@@ -35,6 +35,8 @@ pub struct Metrics {
     pub rebuilds_coalesced: Counter,
     /// Invalid cluster objects skipped by the policy engine.
     pub cluster_objects_invalid: Gauge<i64>,
+    /// Watched cluster policies (tier CRDs) that do not decode, left out.
+    pub cluster_policies_undecodable: Gauge<i64>,
     /// Cluster changes the history log failed to record (history then lacks them).
     pub history_changes_lost: Counter,
     /// Edits of `--cluster` files that could not be applied (bad YAML…).
@@ -66,6 +68,7 @@ impl Metrics {
             policy_generation: Gauge::default(),
             rebuilds_coalesced: Counter::default(),
             cluster_objects_invalid: Gauge::default(),
+            cluster_policies_undecodable: Gauge::default(),
             history_changes_lost: Counter::default(),
             cluster_file_reloads_failed: Counter::default(),
         };
@@ -130,6 +133,11 @@ impl Metrics {
             "cluster_objects_invalid",
             "Cluster objects the policy engine skipped as invalid",
             m.cluster_objects_invalid.clone(),
+        );
+        registry.register(
+            "cluster_policies_undecodable",
+            "Watched AdminNetworkPolicies, BaselineAdminNetworkPolicies and ClusterNetworkPolicies left out because they do not decode",
+            m.cluster_policies_undecodable.clone(),
         );
         registry.register(
             "history_changes_lost",

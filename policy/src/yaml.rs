@@ -44,6 +44,17 @@ impl ClusterObjects {
         Ok(())
     }
 
+    /// Adds one object given as JSON (as the Kubernetes API returns it),
+    /// with the checks a YAML document gets.
+    pub fn add_json(&mut self, source: &str, value: serde_json::Value) -> Result<(), ParseError> {
+        let value = serde_norway::to_value(value).map_err(|e| ParseError::Yaml {
+            source_name: source.to_string(),
+            document: 1,
+            message: e.to_string(),
+        })?;
+        self.add_value(source, 1, value)
+    }
+
     fn add_value(&mut self, source: &str, document: usize, value: Value) -> Result<(), ParseError> {
         let kind = value
             .get("kind")

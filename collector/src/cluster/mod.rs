@@ -1,7 +1,8 @@
 //! Cluster state: where pods, namespaces and policies come from (the
-//! Kubernetes API in [`watch`], or YAML files in [`files`]), and how they
+//! Kubernetes API in [`watch`] and [`crds`], or YAML files in [`files`]), and how they
 //! become the snapshot flows are judged against ([`state`], [`ip_index`]).
 
+pub mod crds;
 pub mod files;
 pub mod history;
 pub mod ip_index;

@@ -1,5 +1,7 @@
 //! Cluster state from the Kubernetes API: kube-runtime reflectors for Pods,
-//! Namespaces, NetworkPolicies and ReplicaSets (for ReplicaSet → Deployment).
+//! Namespaces, NetworkPolicies, ReplicaSets (for ReplicaSet → Deployment)
+//! and Nodes (for the tiers' `nodes` peers and host-network pods), and the
+//! cluster policy tiers where their CRDs are installed ([`super::crds`]).
 //!
 //! Each reflector keeps its own store, replaced atomically on a relist (a
 //! 410 Gone restarts the list; the store swaps at `InitDone`). Every change
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -23,6 +25,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::crds::{self, TierStore};
 use super::state::{ClusterInputs, StateWriter, rebuild_loop};
 use crate::metrics::Metrics;
 
@@ -44,20 +47,33 @@ pub async fn default_client() -> Result<Client, WatchError> {
     Client::try_from(config).map_err(|source| WatchError::Client { source })
 }
 
-/// The stores of the four watched kinds, readable at any time.
+/// How the watches pace themselves.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchTiming {
+    /// Wait after a change before rebuilding, so a burst costs one rebuild.
+    pub debounce: Duration,
+    /// How often to look again for a tier CRD that is not installed.
+    pub crd_recheck: Duration,
+}
+
+/// The stores of the watched kinds, readable at any time.
 #[derive(Clone)]
 pub struct Stores {
     pub pods: Store<Pod>,
     pub namespaces: Store<Namespace>,
     pub policies: Store<NetworkPolicy>,
     pub replica_sets: Store<ReplicaSet>,
-    listed: Arc<[AtomicBool; 4]>,
+    pub nodes: Store<Node>,
+    pub tiers: TierStore,
+    listed: Arc<[AtomicBool; 5]>,
+    metrics: Arc<Metrics>,
 }
 
 impl Stores {
-    /// The current object sets, once every kind has listed completely.
+    /// The current object sets, once every kind has listed completely (a
+    /// tier CRD that is not installed counts as listed, empty).
     pub fn inputs(&self) -> Option<ClusterInputs> {
-        if !self.listed.iter().all(|l| l.load(Ordering::Acquire)) {
+        if !self.listed.iter().all(|l| l.load(Ordering::Acquire)) || !self.tiers.listed() {
             return None;
         }
         Some(ClusterInputs {
@@ -65,25 +81,24 @@ impl Stores {
             pods: self.pods.state(),
             policies: self.policies.state(),
             replica_sets: self.replica_sets.state(),
-            // The CRD watch is not there yet: tiers come from YAML only.
-            nodes: Vec::new(),
-            cluster_policies: Vec::new(),
+            nodes: self.nodes.state(),
+            cluster_policies: self.tiers.policies(&self.metrics),
         })
     }
 }
 
-/// Starts the four reflectors and the rebuild loop on `tasks`; returns the
-/// stores. The tasks run until the set is dropped; watch errors are retried
-/// with kube's default backoff and logged.
+/// Starts the reflectors, the tier CRD watches and the rebuild loop on
+/// `tasks`; returns the stores. The tasks run until the set is dropped;
+/// watch errors are retried with kube's default backoff and logged.
 pub fn spawn(
     client: Client,
     writer: StateWriter,
-    debounce: Duration,
+    timing: WatchTiming,
     metrics: Arc<Metrics>,
     tasks: &mut JoinSet<()>,
 ) -> Stores {
     let (tx, rx) = mpsc::channel::<()>(1);
-    let listed: Arc<[AtomicBool; 4]> = Arc::new(Default::default());
+    let listed: Arc<[AtomicBool; 5]> = Arc::new(Default::default());
     let stores = Stores {
         pods: reflect::<Pod>(Api::all(client.clone()), 0, &listed, &tx, &metrics, tasks),
         namespaces: reflect::<Namespace>(
@@ -102,18 +117,30 @@ pub fn spawn(
             &metrics,
             tasks,
         ),
-        replica_sets: reflect::<ReplicaSet>(Api::all(client), 3, &listed, &tx, &metrics, tasks),
+        replica_sets: reflect::<ReplicaSet>(
+            Api::all(client.clone()),
+            3,
+            &listed,
+            &tx,
+            &metrics,
+            tasks,
+        ),
+        nodes: reflect::<Node>(Api::all(client.clone()), 4, &listed, &tx, &metrics, tasks),
+        tiers: crds::spawn(client, timing.crd_recheck, tx, metrics.clone(), tasks),
         listed,
+        metrics,
     };
     let reader = stores.clone();
-    tasks.spawn(rebuild_loop(writer, rx, debounce, move || reader.inputs()));
+    tasks.spawn(rebuild_loop(writer, rx, timing.debounce, move || {
+        reader.inputs()
+    }));
     stores
 }
 
 fn reflect<K>(
     api: Api<K>,
     slot: usize,
-    listed: &Arc<[AtomicBool; 4]>,
+    listed: &Arc<[AtomicBool; 5]>,
     changes: &mpsc::Sender<()>,
     metrics: &Arc<Metrics>,
     tasks: &mut JoinSet<()>,
@@ -150,7 +177,7 @@ where
     reader
 }
 
-fn signal(changes: &mpsc::Sender<()>, metrics: &Metrics) {
+pub(super) fn signal(changes: &mpsc::Sender<()>, metrics: &Metrics) {
     if changes.try_send(()).is_err() {
         metrics.rebuilds_coalesced.inc();
     }
