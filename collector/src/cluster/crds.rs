@@ -159,8 +159,11 @@ async fn run_kind(
                     state.objects().remove(&o.metadata.name.unwrap_or_default());
                     signal(&changes, &metrics);
                 }
+                // A path the API server does not serve answers a plain-text
+                // 404, which kube reads as a Status with that code and no
+                // NotFound reason: check both.
                 Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
-                    if status.is_not_found() =>
+                    if status.code == 404 || status.is_not_found() =>
                 {
                     break;
                 }
