@@ -9,9 +9,15 @@ use serde_json::Value;
 pub(crate) struct Args {
     /// The SQL (read-only; tables: flows, pods, namespaces, policies).
     sql: String,
-    /// The collector's HTTP address.
-    #[arg(long, default_value = "http://127.0.0.1:8080", env = "FLOWGATE_SERVER")]
-    server: String,
+    /// The collector's HTTP address (`--server` is the older name).
+    #[arg(
+        long,
+        alias = "server",
+        value_name = "URL",
+        env = "FLOWGATE_COLLECTOR_HTTP",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    collector_http: String,
     /// Bearer token for a collector started with --api-token-file or
     /// --api-auth kubernetes.
     #[arg(long, env = "FLOWGATE_API_TOKEN", hide_env_values = true)]
@@ -40,7 +46,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, None) => None,
     };
     let answer = runtime.block_on(flowgate_client::query_as(
-        &args.server,
+        &args.collector_http,
         &args.sql,
         token.as_deref(),
     ))?;

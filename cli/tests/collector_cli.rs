@@ -89,7 +89,7 @@ fn query_prints_a_table_and_the_api_answers_filters_and_explanations() -> Result
     let table = succeed(&[
         "query",
         "SELECT src_pod, dst_pod, dst_port, verdict FROM flows WHERE verdict = 'denied' ORDER BY dst_port",
-        "--server",
+        "--collector-http",
         &collector.http,
     ])?;
     assert_eq!(
@@ -101,7 +101,8 @@ fn query_prints_a_table_and_the_api_answers_filters_and_explanations() -> Result
          client  | db-0    | 6379     | denied\n\
          (3 rows)\n"
     );
-    // A bad query: exit 1 and the engine's message naming the problem.
+    // A bad query: exit 1 and the engine's message naming the problem
+    // (`--server` is kept as the older name of `--collector-http`).
     let bad = flowgate(&[
         "query",
         "SELECT nope FROM flows",
