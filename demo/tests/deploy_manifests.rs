@@ -27,10 +27,16 @@ const IMAGE: &str = "flowgate";
 const PROBE_CAPABILITIES: [&str; 3] = ["BPF", "NET_ADMIN", "PERFMON"];
 const READ_ONLY_VERBS: [&str; 3] = ["get", "list", "watch"];
 /// (apiGroup, resource) pairs the collector may read.
-const READABLE: [(&str, &str); 4] = [
+const READABLE: [(&str, &str); 8] = [
     ("", "pods"),
     ("", "namespaces"),
+    // Nodes: the cluster tiers' `nodes` peers and host-network pods.
+    ("", "nodes"),
     ("networking.k8s.io", "networkpolicies"),
+    // The cluster tiers, watched only where their CRDs are installed.
+    ("policy.networking.k8s.io", "adminnetworkpolicies"),
+    ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
+    ("policy.networking.k8s.io", "clusternetworkpolicies"),
     ("apps", "replicasets"),
 ];
 
