@@ -1,5 +1,5 @@
 //! The client side of the collector's HTTP API for commands that ask a
-//! running collector (`explain --collector-http`, `blame`).
+//! running collector (`explain --collector-http`, `blame`, `whatif`).
 
 use anyhow::Context;
 use serde_json::Value;
@@ -17,6 +17,22 @@ pub(crate) fn get(base: &str, path: &str, query: &[(&str, String)]) -> anyhow::R
         .build()
         .context("cannot start the async runtime")?;
     let answer = runtime.block_on(flowgate_client::http_json(http::Method::GET, &url, None))?;
+    Ok(answer)
+}
+
+/// `POST {base}{path}` with a JSON body: the JSON answer, or an error
+/// carrying the collector's message.
+pub(crate) fn post(base: &str, path: &str, body: Value) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let answer = runtime.block_on(flowgate_client::http_json(
+        http::Method::POST,
+        &url,
+        Some(body),
+    ))?;
     Ok(answer)
 }
 

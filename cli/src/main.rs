@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod advise;
 mod blame;
 mod certs;
 mod collector;
@@ -13,6 +14,7 @@ mod lint;
 mod probe;
 mod query;
 mod replay;
+mod whatif;
 
 /// Kubernetes flow observability and NetworkPolicy audit: see every flow,
 /// and why the policies in force allow or deny it.
@@ -30,6 +32,12 @@ enum Command {
     /// When a connection's verdict flipped and which cluster change did it,
     /// from a collector's recorded history.
     Blame(blame::Args),
+    /// What a proposed policy change would newly deny or allow among the
+    /// connections a collector observed; `--fail-on-breakage` exits 3.
+    Whatif(whatif::Args),
+    /// Least-privilege NetworkPolicies for a namespace from the traffic a
+    /// collector observed, with the what-if of applying them as proof.
+    Advise(advise::Args),
     /// Check NetworkPolicies against the best practices (default deny, stale
     /// selectors, ignored rules, DNS under egress isolation…); exits 1 on an error.
     Lint(lint::Args),
@@ -57,6 +65,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Explain(args) => explain::run(args),
         Command::Blame(args) => blame::run(args),
+        Command::Whatif(args) => whatif::run(args),
+        Command::Advise(args) => advise::run(args),
         Command::Lint(args) => lint::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Probe(args) => probe::run(args),

@@ -111,7 +111,16 @@ fn the_dashboard_shows_flows_verdicts_explanations_sql_map_and_policies() -> Res
         "the browser test failed:\n{stdout}\n{stderr}\n(screenshot of the failure in {})",
         shots.display()
     );
-    for page in ["flows", "why-blocked", "map", "policies", "lint", "sql"] {
+    for page in [
+        "flows",
+        "why-blocked",
+        "map",
+        "policies",
+        "lint",
+        "whatif",
+        "advise",
+        "sql",
+    ] {
         let shot = shots.join(format!("{page}.png"));
         let size = std::fs::metadata(&shot)
             .with_context(|| format!("no screenshot {}", shot.display()))?

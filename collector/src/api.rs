@@ -105,6 +105,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/policies", get(policies))
         .route("/api/v1/lint", get(lint))
         .route("/api/v1/blame", get(blame))
+        .route("/api/v1/whatif", post(whatif))
+        .route("/api/v1/advise", get(advise))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -642,6 +644,104 @@ async fn blame(
         "verdict_now": crate::blame::verdict_word(verdict_now),
         "changes": changes,
     })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WhatIfBody {
+    /// Policies to apply: replace the same-named ones or add.
+    #[serde(default)]
+    policies_yaml: String,
+    /// NetworkPolicies to delete, `namespace/name`.
+    #[serde(default)]
+    delete: Vec<String>,
+    /// The window of observed connections (`24h` ago by default).
+    since: Option<String>,
+}
+
+/// Every distinct connection observed since `since`, judged under the
+/// policies in force and under the proposed change: those that flip.
+async fn whatif(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::whatif::Report>, ApiError> {
+    let body: WhatIfBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad(format!(
+            "the body must be {{\"policies_yaml\": \"...\", \"delete\": [\"ns/name\"], \"since\": \"24h\"}}: {e}"
+        ))
+    })?;
+    let since = body
+        .since
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(crate::whatif::DEFAULT_SINCE);
+    let since = time_point("since", since)?;
+    let mut change = flowgate_policy::ChangeSet::default();
+    let bad = |e: flowgate_policy::WhatIfError| ApiError::bad(e.to_string());
+    if !body.policies_yaml.trim().is_empty() {
+        change
+            .add_yaml("policies_yaml", &body.policies_yaml)
+            .map_err(bad)?;
+    }
+    for d in &body.delete {
+        change.delete(d).map_err(bad)?;
+    }
+    let current = state.cluster.load().inputs.objects();
+    let started = Instant::now();
+    let report = crate::whatif::run(&state.engine, &current, &change, since, crate::now_ns()).await;
+    state
+        .metrics
+        .query_seconds
+        .observe(started.elapsed().as_secs_f64());
+    report.map(Json).map_err(whatif_error)
+}
+
+fn whatif_error(e: crate::whatif::WhatIfRunError) -> ApiError {
+    use crate::whatif::WhatIfRunError;
+    match e {
+        WhatIfRunError::Change(e) => ApiError::bad(e.to_string()),
+        WhatIfRunError::Query(e) => e.into(),
+        e @ WhatIfRunError::NoNamespace { .. } => ApiError::NotFound {
+            message: e.to_string(),
+        },
+        e @ WhatIfRunError::Stored { .. } => ApiError::Internal {
+            message: e.to_string(),
+        },
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AdviseParams {
+    namespace: Option<String>,
+    /// The window of observed connections (`7d` ago by default).
+    since: Option<String>,
+}
+
+/// Least-privilege NetworkPolicies for a namespace from what it was seen
+/// doing, with the what-if of applying them as proof.
+async fn advise(
+    State(state): State<AppState>,
+    Query(p): Query<AdviseParams>,
+) -> Result<Json<crate::whatif::AdviceReport>, ApiError> {
+    let namespace = p
+        .namespace
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad("namespace is required"))?;
+    let since = p
+        .since
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(crate::whatif::DEFAULT_ADVISE_SINCE);
+    let since = time_point("since", since)?;
+    let current = state.cluster.load().inputs.objects();
+    let started = Instant::now();
+    let report =
+        crate::whatif::advise(&state.engine, &current, &namespace, since, crate::now_ns()).await;
+    state
+        .metrics
+        .query_seconds
+        .observe(started.elapsed().as_secs_f64());
+    report.map(Json).map_err(whatif_error)
 }
 
 /// Every rule some stored flow was admitted by: `namespace/name/direction/index`.

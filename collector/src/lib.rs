@@ -28,6 +28,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod tables;
 pub mod tls;
+pub mod whatif;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -25,6 +25,7 @@ use futures::StreamExt;
 
 use crate::connections::ConnectionsTable;
 use crate::format::QueryResult;
+use crate::observed::DistinctConnection;
 use crate::provider::FlowsTable;
 use crate::store::FlowStore;
 
@@ -384,6 +385,34 @@ impl QueryEngine {
                 .limit(0, Some(limit))?)
         })
         .await
+    }
+
+    /// The distinct connections observed with `time` in `[since_ns,
+    /// until_ns]` (see [`crate::observed`]). More groups than the row limit
+    /// is an error, never a silently shortened answer.
+    pub async fn distinct_connections(
+        &self,
+        since_ns: i64,
+        until_ns: i64,
+    ) -> Result<Vec<DistinctConnection>, QueryError> {
+        let result = self
+            .run(async {
+                Ok(self
+                    .ctx
+                    .sql(crate::observed::SQL)
+                    .await?
+                    .with_param_values(crate::observed::params(since_ns, until_ns))?)
+            })
+            .await?;
+        if result.truncated {
+            return Err(QueryError::BadQuery {
+                message: format!(
+                    "more than {} distinct connections in the window: choose a shorter one",
+                    self.limits.max_rows
+                ),
+            });
+        }
+        crate::observed::fold(&result.batches)
     }
 
     /// Plans with `plan`, then runs it within the time and row limits.

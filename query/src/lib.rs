@@ -17,6 +17,7 @@ pub mod filter;
 mod format;
 mod manifest;
 pub mod model;
+pub mod observed;
 mod provider;
 mod store;
 pub mod wal;
@@ -33,6 +34,7 @@ pub use model::{
     KernelFate, ObservedAt, Outcome, Protocol, TextList, Tier, UnknownValue, ValueSet, Verdict,
     flows_schema, to_batch,
 };
+pub use observed::{DistinctConnection, ObservedEnd};
 pub use store::{
     Appended, FlowStore, FlushPoint, RetentionReport, StoreConfig, StoreError, StoreStats,
 };

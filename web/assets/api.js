@@ -91,6 +91,15 @@ export function get(path, params = {}) {
   return request(`GET ${path}`, `/api/v1/${path}${qs ? "?" + qs : ""}`);
 }
 
+/** POST /api/v1/<path> with a JSON body. */
+export function post(path, body) {
+  return request(`POST ${path}`, `/api/v1/${path}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+}
+
 /** Runs read-only SQL; resolves to {columns, rows, truncated}. */
 export function sql(text) {
   return request("SQL", "/api/v1/query", {

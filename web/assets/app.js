@@ -9,8 +9,10 @@ import * as map from "./map.js";
 import * as policies from "./policies.js";
 import * as lint from "./lint.js";
 import * as sql from "./sql.js";
+import * as whatif from "./whatif.js";
+import * as advise from "./advise.js";
 
-const PAGES = { flows, why, map, policies, lint, sql };
+const PAGES = { flows, why, map, policies, lint, whatif, advise, sql };
 
 let unmount = null;
 

@@ -42,6 +42,8 @@ const ASSETS: &[Asset] = &[
     asset!("policies.js", JS),
     asset!("lint.js", JS),
     asset!("sql.js", JS),
+    asset!("whatif.js", JS),
+    asset!("advise.js", JS),
     asset!("favicon.svg", "image/svg+xml"),
 ];
 

@@ -245,6 +245,62 @@ try {
     check(others === 0, `the error filter left ${others} warnings and notes`);
   });
 
+  await step("the what-if page shows what a pasted policy would break among observed connections", async () => {
+    await go("#/whatif?since=1h");
+    // shop's port range narrowed to 8000-8049: prod/frontend -> shop/cart:8050 breaks.
+    await page.fill(
+      "#whatif-yaml",
+      [
+        "apiVersion: networking.k8s.io/v1",
+        "kind: NetworkPolicy",
+        "metadata: {name: allow-prod-port-range, namespace: shop}",
+        "spec:",
+        "  podSelector: {}",
+        "  policyTypes: [Ingress]",
+        "  ingress:",
+        "    - from: [{namespaceSelector: {matchLabels: {env: prod}}}]",
+        "      ports: [{protocol: TCP, port: 8000, endPort: 8049}]",
+      ].join("\n"),
+    );
+    await page.click("#whatif-run");
+    const summary = page.locator("#whatif-summary");
+    await summary.waitFor();
+    check((await summary.getAttribute("data-denied")) === "1", `newly denied: ${await summary.innerText()}`);
+    check((await summary.getAttribute("data-allowed")) === "0", `newly allowed: ${await summary.innerText()}`);
+    const row = page.locator("#whatif-denied .whatif-row");
+    const text = await row.first().innerText();
+    check(text.includes(FRONTEND) && text.includes("shop/cart-0") && text.includes("8050/TCP"), `the broken connection: ${text}`);
+    check(text.includes("shop/allow-prod-port-range"), `the denying policy is not named: ${text}`);
+    await shot("whatif");
+    // A policy that does not exist cannot be deleted: the error names it.
+    await page.fill("#whatif-yaml", "");
+    await page.fill("#whatif-delete", "shop/nope");
+    await page.click("#whatif-run");
+    const error = page.locator("#whatif-error");
+    await error.waitFor();
+    check((await error.innerText()).includes("shop/nope"), `error: ${await error.innerText()}`);
+    await page.fill("#whatif-delete", "");
+  });
+
+  await step("the advise page writes policies per namespace whose proof breaks nothing, and opens them in What if", async () => {
+    await go("#/advise?since=1h");
+    await page.click('button.advise-ns[data-namespace="prod"]');
+    const proof = page.locator('#advise-proof[data-namespace="prod"]');
+    await proof.waitFor();
+    check((await proof.getAttribute("data-denied")) === "0", `the advice breaks something: ${await proof.innerText()}`);
+    const yaml = await page.locator("#advise-yaml").innerText();
+    check(yaml.includes("name: default-deny") && yaml.includes("kubernetes.io/metadata.name: prod"), `advice: ${yaml}`);
+    check(yaml.includes("cidr: 203.0.113.10/32") && !yaml.includes("pod-template-hash"), `advice: ${yaml}`);
+    await shot("advise");
+    await page.click("#advise-try");
+    await page.waitForFunction(() => location.hash.startsWith("#/whatif"));
+    check((await page.inputValue("#whatif-yaml")).includes("default-deny"), "the advice is not in the what-if editor");
+    await page.click("#whatif-run");
+    const summary = page.locator("#whatif-summary");
+    await summary.waitFor();
+    check((await summary.getAttribute("data-denied")) === "0", `applied, the advice breaks: ${await summary.innerText()}`);
+  });
+
   if (big) {
     await step(`${big.toLocaleString("en-US")} more flows scroll without putting them all in the page`, async () => {
       await go("#/flows?since=1h&limit=50000");

@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub names: PolicyNames,
     /// False until the first complete object set arrived.
     pub synced: bool,
+    /// The objects it was built from (a what-if rebuilds from them).
+    pub inputs: Arc<ClusterInputs>,
 }
 
 impl Snapshot {
@@ -45,6 +47,7 @@ impl Snapshot {
             ips: IpIndex::default(),
             names: PolicyNames::default(),
             synced: false,
+            inputs: Arc::default(),
         }
     }
 }
@@ -98,6 +101,23 @@ impl From<ClusterObjects> for ClusterInputs {
             replica_sets: Vec::new(),
             nodes: o.nodes.into_iter().map(Arc::new).collect(),
             cluster_policies: o.cluster_policies.into_iter().map(Arc::new).collect(),
+        }
+    }
+}
+
+impl ClusterInputs {
+    /// The objects the policy engine reads, copied out.
+    pub fn objects(&self) -> ClusterObjects {
+        fn copy<T: Clone>(v: &[Arc<T>]) -> Vec<T> {
+            v.iter().map(|o| T::clone(o)).collect()
+        }
+        ClusterObjects {
+            namespaces: copy(&self.namespaces),
+            pods: copy(&self.pods),
+            policies: copy(&self.policies),
+            nodes: copy(&self.nodes),
+            cluster_policies: copy(&self.cluster_policies),
+            ignored: Vec::new(),
         }
     }
 }
@@ -178,6 +198,7 @@ impl StateWriter {
             cluster: Arc::new(cluster),
             ips: self.ips.clone(),
             synced: true,
+            inputs: Arc::new(inputs.clone()),
         };
         if let Some(hook) = &self.hook {
             hook(&snapshot);
