@@ -27,7 +27,7 @@ pub(crate) struct Args {
         long,
         value_name = "URL",
         env = "FLOWGATE_COLLECTOR_HTTP",
-        default_value = "http://127.0.0.1:8080"
+        default_value = crate::http::DEFAULT_COLLECTOR_HTTP
     )]
     collector_http: String,
     #[arg(long, value_enum, default_value_t = Output::Yaml)]

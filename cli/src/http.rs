@@ -4,6 +4,10 @@
 use anyhow::Context;
 use serde_json::Value;
 
+/// Where the client commands find the collector's API when
+/// `--collector-http` is not given: the address `flowgate demo` serves it on.
+pub(crate) const DEFAULT_COLLECTOR_HTTP: &str = "http://127.0.0.1:8080";
+
 /// `GET {base}{path}?{query}`: the JSON answer, or an error carrying the
 /// collector's message.
 pub(crate) fn get(base: &str, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {

@@ -15,7 +15,7 @@ pub(crate) struct Args {
         alias = "server",
         value_name = "URL",
         env = "FLOWGATE_COLLECTOR_HTTP",
-        default_value = "http://127.0.0.1:8080"
+        default_value = crate::http::DEFAULT_COLLECTOR_HTTP
     )]
     collector_http: String,
     /// Bearer token for a collector started with --api-token-file or
