@@ -600,9 +600,60 @@ async fn policies(State(state): State<AppState>) -> Result<Json<Value>, ApiError
             })
         })
         .collect();
-    Ok(Json(
-        json!({ "generation": snapshot.cluster.generation(), "policies": policies }),
-    ))
+    let cluster_policies = cluster_policies_json(&snapshot.cluster);
+    Ok(Json(json!({
+        "generation": snapshot.cluster.generation(),
+        "policies": policies,
+        "cluster_policies": cluster_policies,
+    })))
+}
+
+/// The Admin and Baseline tiers' policies, in evaluation order, with their
+/// rules (as `decided_by` names them) and the pods they apply to.
+fn cluster_policies_json(cluster: &Cluster) -> Vec<Value> {
+    use flowgate_policy::{Direction, TierRuleId, TierSubject};
+    cluster
+        .cluster_policies()
+        .map(|(id, p)| {
+            let rules = |direction: Direction| -> Vec<Value> {
+                (0..p.rules(direction).len() as u32)
+                    .map(|index| {
+                        let rule = cluster.tier_rule_ref(TierRuleId {
+                            policy: id,
+                            direction,
+                            index,
+                        });
+                        json!({ "label": p.rule_label(direction, index), "action": rule.action, "key": rule.key })
+                    })
+                    .collect()
+            };
+            let subject = match &p.subject {
+                TierSubject::Namespaces(ns) => format!("pods in namespaces {ns}"),
+                TierSubject::Pods { namespaces, pods } => {
+                    format!("pods {pods} in namespaces {namespaces}")
+                }
+            };
+            let selected: Vec<String> = cluster
+                .tier_selected_pods(id)
+                .iter()
+                .map(|pod| {
+                    let pod = cluster.pod(*pod);
+                    format!("{}/{}", pod.namespace, pod.name)
+                })
+                .collect();
+            json!({
+                "kind": p.kind.as_str(),
+                "name": p.name,
+                "tier": p.tier,
+                "priority": p.priority,
+                "subject": subject,
+                "ingress": rules(Direction::Ingress),
+                "egress": rules(Direction::Egress),
+                "selected_pods": selected,
+                "yaml": serde_norway::to_string(&p.object).unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,9 +1,11 @@
-// "Why blocked": the policy engine's explanation of one connection — the
-// isolating policies per direction, the rules it checked, the nearest miss in
-// words, the YAML of the policies involved, and the flows seen for the pair.
-// When the policies allow it and the flows show it failed for another reason
-// (nothing listening, routing, conntrack), that comes first: most "blocked"
-// connections are not a policy problem.
+// "Why blocked": the policy engine's explanation of one connection — per
+// direction the tier that decided (Admin, NetworkPolicy, Baseline), the walk
+// through the cluster tiers with the rule that decided or passed and the
+// nearest miss, the isolating NetworkPolicies, the rules checked and their
+// nearest miss in words, the YAML of every policy involved, and the flows
+// seen for the pair. When the policies allow it and the flows show it failed
+// for another reason (nothing listening, routing, conntrack), that comes
+// first: most "blocked" connections are not a policy problem.
 
 import * as api from "./api.js";
 import { fateBadge, fill, fmtBytes, fmtCount, fmtTime, h, hashFor, mismatchBadge, verdictBadge } from "./dom.js";
@@ -75,6 +77,14 @@ async function explain(result, params, ctx) {
     for (const r of d.allowed_by || []) involved.add(`${r.namespace}/${r.name}`);
   }
   const yaml = policies.policies.filter((p) => involved.has(`${p.namespace}/${p.name}`));
+  // Cluster policies the walk met: the deciding and passing rules' and every
+  // policy a tier consulted for this pod.
+  const tierInvolved = new Set();
+  for (const d of [x.egress, x.ingress]) {
+    for (const r of [d.decided_by, d.passed_by]) if (r) tierInvolved.add(`${r.tier}/${r.policy}`);
+    for (const step of d.tiers || []) if (step.rule) tierInvolved.add(`${step.tier}/${step.rule.policy}`);
+  }
+  const tierYaml = (policies.cluster_policies || []).filter((p) => tierInvolved.has(`${p.tier}/${p.name}`));
   fill(
     result,
     notPolicy(answer.not_policy),
@@ -94,10 +104,14 @@ async function explain(result, params, ctx) {
     h(
       "section",
       {},
-      h("h3", {}, `Policies involved (${yaml.length})`),
-      yaml.length
-        ? yaml.map((p) => h("details", { class: "yaml", open: true }, h("summary", {}, `${p.namespace}/${p.name}`), h("pre", {}, p.yaml)))
-        : h("p", { class: "muted" }, "No NetworkPolicy selects either end: nothing is isolated, everything is allowed."),
+      h("h3", {}, `Policies involved (${yaml.length + tierYaml.length})`),
+      tierYaml.map((p) =>
+        h("details", { class: "yaml tier-yaml", open: true }, h("summary", {}, `${p.kind} ${p.name} (${p.tier} tier)`), h("pre", {}, p.yaml)),
+      ),
+      yaml.map((p) => h("details", { class: "yaml", open: true }, h("summary", {}, `${p.namespace}/${p.name}`), h("pre", {}, p.yaml))),
+      yaml.length || tierYaml.length
+        ? null
+        : h("p", { class: "muted" }, "No policy applies to either end: nothing is isolated, everything is allowed."),
     ),
     h("section", {}, h("h3", {}, `Flows seen for this connection (${answer.flows.length})`), observed(answer.flows)),
   );
@@ -128,6 +142,8 @@ function direction(title, d, who) {
     { class: `direction ${state.replace(" ", "-")}` },
     h("h3", {}, title, " ", h("span", { class: `badge ${state.replace(" ", "-")}` }, state)),
     h("p", {}, d.reason),
+    d.applicable ? tierLine(d) : null,
+    d.tiers && d.tiers.length ? h("ol", { class: "tier-walk" }, d.tiers.map(tierStep)) : null,
     d.isolated_by && d.isolated_by.length
       ? h("p", {}, h("b", {}, `Isolating policies (select ${who}): `), d.isolated_by.map((p) => `${p.namespace}/${p.name}`).join(", "))
       : null,
@@ -135,6 +151,46 @@ function direction(title, d, who) {
       ? h("p", {}, h("b", {}, "Admitted by: "), d.allowed_by.map((r) => `${r.namespace}/${r.name} rule ${r.rule_index ?? r.rule ?? "?"}`).join(", "))
       : null,
     d.misses && d.misses.length ? h("div", { class: "misses" }, d.misses.map(miss)) : null,
+  );
+}
+
+const TIER_NAMES = { admin: "Admin tier", networkpolicy: "NetworkPolicy", baseline: "Baseline tier", default: "default (nothing isolates)", not_applicable: "not applicable" };
+
+function ruleName(r) {
+  const priority = r.priority === undefined || r.priority === null ? "" : ` (priority ${r.priority})`;
+  const rule = r.rule_name ? `rule \`${r.rule_name}\`` : `rule ${r.rule_index}`;
+  return `${r.kind} \`${r.policy}\`${priority} ${r.direction} ${rule}`;
+}
+
+// Which tier decided, and the rule that decided or passed it on.
+function tierLine(d) {
+  return h(
+    "p",
+    { class: "tier-decision", dataset: { tier: d.tier } },
+    h("b", {}, "Decided by: "),
+    h("span", { class: `badge tier-${d.tier}` }, TIER_NAMES[d.tier] || d.tier),
+    d.decided_by ? [" — ", h("span", { class: `badge action-${d.decided_by.action.toLowerCase()}` }, d.decided_by.action), " ", ruleName(d.decided_by)] : null,
+    d.passed_by ? h("span", { class: "passed" }, ` — passed on by ${ruleName(d.passed_by)}`) : null,
+  );
+}
+
+// One tier of the walk: what it did, its rule, and its nearest miss.
+function tierStep(step) {
+  const n = step.nearest;
+  return h(
+    "li",
+    { class: `tier-step outcome-${step.outcome}`, dataset: { tier: step.tier, outcome: step.outcome } },
+    h("b", {}, `${TIER_NAMES[step.tier] || step.tier}: `),
+    step.text,
+    n
+      ? h(
+          "div",
+          { class: "tier-nearest" },
+          h("b", {}, `Nearest miss: ${ruleName(n.rule)}`),
+          h("span", { class: "muted" }, ` — peer ${n.peer_matched ? "matches" : "does not match"}, port ${n.port_matched ? "matches" : "does not match"}`),
+          h("ul", {}, (n.reasons || []).map((r) => h("li", {}, r))),
+        )
+      : null,
   );
 }
 

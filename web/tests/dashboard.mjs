@@ -147,6 +147,35 @@ try {
     check(page.url().includes("port=9000"), "the form's question is not in the URL");
   });
 
+  await step("Why blocked names the cluster tier that decided, its rule and the walk", async () => {
+    await go(`#/why?from=shop%2Fcart-0&to=${encodeURIComponent(BACKEND)}&port=5432&protocol=TCP`);
+    const card = page.locator(".verdict-card");
+    await card.waitFor();
+    check((await card.innerText()).includes("denied"), `shop → prod 5432 is not denied: ${await card.innerText()}`);
+    const ingress = page.locator(".direction", { hasText: "Ingress, at the destination" });
+    const decision = await ingress.locator(".tier-decision").innerText();
+    check(
+      decision.includes("Admin tier") && decision.includes("Deny") && decision.includes("AdminNetworkPolicy `guard-prod` (priority 10) ingress rule `deny-shop-db`"),
+      `the deciding tier rule is not named: ${decision}`,
+    );
+    const admin = await ingress.locator('.tier-step[data-tier="admin"]').innerText();
+    check(admin.includes("deny-shop-db"), `the admin step does not say which rule decided: ${admin}`);
+    const baseline = await ingress.locator('.tier-step[data-tier="baseline"]').getAttribute("data-outcome");
+    check(baseline === "not_reached", `the baseline tier should not be reached after an Admin Deny: ${baseline}`);
+    const yaml = await page.locator("details.tier-yaml").first().innerText();
+    check(yaml.includes("AdminNetworkPolicy guard-prod") && yaml.includes("deny-shop-db"), `the cluster policy YAML is missing: ${yaml}`);
+    await shot("why-blocked-tier");
+
+    // Passed on: dev → prod is handed to the NetworkPolicies by a Pass rule.
+    await go(`#/why?from=dev%2Ftool&to=${encodeURIComponent(BACKEND)}&port=8080&protocol=TCP`);
+    await page.locator(".verdict-card").waitFor();
+    const passed = await page.locator(".direction", { hasText: "Ingress, at the destination" }).locator(".tier-decision").innerText();
+    check(
+      passed.includes("NetworkPolicy") && passed.includes("passed on by AdminNetworkPolicy `guard-prod` (priority 10) ingress rule `pass-dev`"),
+      `the Pass rule is not named: ${passed}`,
+    );
+  });
+
   await step("the SQL console runs a query and shows the result", async () => {
     await go("#/sql");
     await page.fill("#sql-text", "SELECT count(*) AS n, sum(CASE WHEN enforcement_mismatch THEN 1 ELSE 0 END) AS mismatches FROM flows");
@@ -218,6 +247,14 @@ try {
     const text = await card.innerText();
     check(text.includes(FRONTEND) && text.includes(BACKEND) && text.includes("3 pods"), `selected pods: ${text}`);
     check(text.includes("2 allowed") && text.includes("1 denied"), `flow counts: ${text}`);
+    const tiers = await page.locator("article.cluster-policy").evaluateAll((els) => els.map((e) => e.dataset.policy));
+    check(JSON.stringify(tiers) === JSON.stringify(["admin/guard-prod", "baseline/baseline-shop-egress"]), `cluster policies, in evaluation order: ${tiers}`);
+    const guard = await page.locator('article.cluster-policy[data-policy="admin/guard-prod"]').innerText();
+    check(guard.includes("AdminNetworkPolicy") && guard.includes("priority 10") && guard.includes("admin tier"), `the admin policy card: ${guard}`);
+    check(guard.includes(FRONTEND) && guard.includes(BACKEND) && guard.includes("3 pods"), `the pods guard-prod applies to: ${guard}`);
+    check(guard.includes("Deny") && guard.includes("deny-shop-db") && guard.includes("Pass") && guard.includes("pass-dev"), `the rules and actions: ${guard}`);
+    const baseline = await page.locator('article.cluster-policy[data-policy="baseline/baseline-shop-egress"]').innerText();
+    check(baseline.includes("baseline tier") && baseline.includes("shop/cart-0") && baseline.includes("deny-docs"), `the baseline policy card: ${baseline}`);
     await shot("policies");
     await card.locator("a.count.denied").click();
     await page.waitForFunction(() => location.hash.includes("policy=prod%2Fallow-same-namespace"));
