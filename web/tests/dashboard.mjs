@@ -128,7 +128,7 @@ try {
     const nearest = await page.locator(".nearest").first().innerText();
     check(nearest.includes("Nearest miss: rule 0"), `no nearest miss: ${nearest}`);
     check(nearest.includes("dev/tool is in namespace `dev`, but this peer (no namespaceSelector) selects only pods in `prod`"), `the nearest miss is not in words: ${nearest}`);
-    const yaml = await page.locator("details.yaml").first().innerText();
+    const yaml = await page.locator("details.yaml:not(.tier-yaml)").first().innerText();
     check(yaml.includes("allow-same-namespace") && yaml.includes("podSelector"), `the policy YAML is missing: ${yaml}`);
     const observed = await page.locator("table.grid tbody tr").count();
     check(observed === 1, `expected the one observed flow of this pair, got ${observed}`);
