@@ -81,13 +81,13 @@ fn the_dashboard_shows_flows_verdicts_explanations_sql_map_and_policies() -> Res
     let fixtures = web_tests().join("fixtures");
     let collector = Collector::start(&fixtures.join("cluster.yaml"), data.path())?;
     let out = collector.replay(&fixtures.join("flows.yaml"), &[])?;
-    ensure!(out.contains("11 stored"), "{out}");
+    ensure!(out.contains("12 stored"), "{out}");
     let big = data.path().join("big-flows.json");
     big_flows(&big)?;
     let out = collector.replay(&big, &["--batch-size", "5000"])?;
     ensure!(out.contains(&format!("{BIG} stored")), "{out}");
     let n = sql(&collector.http, "SELECT count(*) AS n FROM flows")?;
-    ensure!(n[0]["n"] == BIG + 11, "{n:?}");
+    ensure!(n[0]["n"] == BIG + 12, "{n:?}");
 
     let shots = target_dir().join("web-screenshots");
     // Only this run's pictures (and a failure's) in the artifact folder.

@@ -23,7 +23,7 @@ if (!base || !shots) {
 }
 const big = Number(bigText || 0);
 /** Flows in fixtures/flows.yaml; the big ones come on top. */
-const FIXTURE_FLOWS = 11;
+const FIXTURE_FLOWS = 12;
 const BACKEND = "prod/backend-7d4b9c8f6-x2x9q";
 const FRONTEND = "prod/frontend-5c9f7b8d4-k2x7p";
 mkdirSync(shots, { recursive: true });
@@ -176,6 +176,26 @@ try {
     );
   });
 
+  await step("an allowed connection refused for want of a listener is said first not to be a policy problem", async () => {
+    await go(`#/why?from=${encodeURIComponent(FRONTEND)}&to=${encodeURIComponent(BACKEND)}&port=9090&protocol=TCP`);
+    const card = page.locator("#why-not-policy");
+    await card.waitFor();
+    const first = await page.locator("#why-result > section").first().getAttribute("id");
+    check(first === "why-not-policy", `the first finding is ${first}, not the not-a-policy-problem card`);
+    const text = await card.innerText();
+    check(
+      text.includes("Not a policy problem") && text.includes("nothing listens on port 9090") && text.includes("refused"),
+      `the card does not say why: ${text}`,
+    );
+    const verdict = await page.locator(".verdict-card.allowed").innerText();
+    check(verdict.includes("allowed"), `the policies' verdict is not shown after it: ${verdict}`);
+    // A denied connection gets no such card: the policies are the problem.
+    await go(`#/why?from=dev%2Ftool&to=${encodeURIComponent(BACKEND)}&port=8080&protocol=TCP`);
+    await page.locator(".verdict-card.denied").waitFor();
+    check((await page.locator("#why-not-policy").count()) === 0, "a denied connection is said not to be a policy problem");
+    await shot("why-not-policy");
+  });
+
   await step("the SQL console runs a query and shows the result", async () => {
     await go("#/sql");
     await page.fill("#sql-text", "SELECT count(*) AS n, sum(CASE WHEN enforcement_mismatch THEN 1 ELSE 0 END) AS mismatches FROM flows");
@@ -246,7 +266,7 @@ try {
     check((await page.locator("article.policy").count()) === 4, "expected 4 policies");
     const text = await card.innerText();
     check(text.includes(FRONTEND) && text.includes(BACKEND) && text.includes("3 pods"), `selected pods: ${text}`);
-    check(text.includes("2 allowed") && text.includes("1 denied"), `flow counts: ${text}`);
+    check(text.includes("3 allowed") && text.includes("1 denied"), `flow counts: ${text}`);
     const tiers = await page.locator("article.cluster-policy").evaluateAll((els) => els.map((e) => e.dataset.policy));
     check(JSON.stringify(tiers) === JSON.stringify(["admin/guard-prod", "baseline/baseline-shop-egress"]), `cluster policies, in evaluation order: ${tiers}`);
     const guard = await page.locator('article.cluster-policy[data-policy="admin/guard-prod"]').innerText();
