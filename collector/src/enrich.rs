@@ -250,12 +250,25 @@ impl Enricher {
         let dst_ep = endpoint(cluster, c.dst, dst_at);
         // Judge the original connection: for a reply, that is dst → src on
         // the reply's source port.
+        // The DNS name the server was reached by judges domainNames peers.
         let verdict = if flow.is_reply {
-            self.cache
-                .verdict(cluster, &dst_ep, &src_ep, c.src_port, c.protocol)
+            self.cache.verdict_named(
+                cluster,
+                &dst_ep,
+                &src_ep,
+                non_empty(&flow.src_dns_name),
+                c.src_port,
+                c.protocol,
+            )
         } else {
-            self.cache
-                .verdict(cluster, &src_ep, &dst_ep, c.dst_port, c.protocol)
+            self.cache.verdict_named(
+                cluster,
+                &src_ep,
+                &dst_ep,
+                non_empty(&flow.dst_dns_name),
+                c.dst_port,
+                c.protocol,
+            )
         };
         let allowed = verdict.allowed;
         let mismatch = allowed == c.dropped;
@@ -333,8 +346,8 @@ impl Enricher {
             dst_workload: dst_id.and_then(|i| i.workload.as_deref()),
             dst_workload_kind: dst_id.and_then(|i| i.workload_kind.as_deref()),
             dst_labels: dst_id.map(|i| i.labels_json.as_str()),
-            src_dns_name: (!flow.src_dns_name.is_empty()).then_some(flow.src_dns_name.as_str()),
-            dst_dns_name: (!flow.dst_dns_name.is_empty()).then_some(flow.dst_dns_name.as_str()),
+            src_dns_name: non_empty(&flow.src_dns_name),
+            dst_dns_name: non_empty(&flow.dst_dns_name),
             verdict: FlowVerdict::from(allowed),
             egress_verdict: dir(&verdict.egress),
             ingress_verdict: dir(&verdict.ingress),
@@ -517,6 +530,10 @@ fn policy_names<'a>(
         }
     }
     (allowed_by, rules, denied_by)
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
 }
 
 #[cfg(test)]

@@ -269,6 +269,99 @@ async fn bad_batches_are_rejected_with_a_reason_and_the_stream_goes_on() -> Resu
     Ok(())
 }
 
+/// An Admin-tier allowlist by DNS name: the collector judges each flow
+/// against the name the probe saw the pod resolve for its destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_names_are_judged_against_the_flows_dns_names() -> Result<()> {
+    let cluster = tempfile::tempdir()?;
+    std::fs::copy(
+        fixture("cluster/shop.yaml"),
+        cluster.path().join("shop.yaml"),
+    )?;
+    std::fs::write(
+        cluster.path().join("allowlist.yaml"),
+        "apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: egress-allowlist}
+spec:
+  priority: 5
+  subject: {namespaces: {matchLabels: {team: shop}}}
+  egress:
+  - {name: apis, action: Allow, to: [{domainNames: [\"*.example.com\"]}], ports: [{portNumber: {protocol: TCP, port: 443}}]}
+  - {name: internet, action: Deny, to: [{networks: [203.0.113.0/24]}]}
+",
+    )?;
+    let data = tempfile::tempdir()?;
+    let mut config = Config::new(
+        ClusterSource::Files(vec![cluster.path().to_path_buf()]),
+        data.path().to_path_buf(),
+    );
+    config.grpc_listen = "127.0.0.1:0".parse()?;
+    config.http_listen = "127.0.0.1:0".parse()?;
+    let collector = flowgate_collector::run(config).await?;
+
+    let text = "
+- {src: 10.1.0.10, dst: 203.0.113.7, src_port: 40001, dst_port: 443, node: node-a, ago: 1m}
+- {src: 10.1.0.10, dst: 203.0.113.7, src_port: 40002, dst_port: 443, node: node-a, ago: 1m}
+- {src: 10.1.0.10, dst: 203.0.113.7, src_port: 40003, dst_port: 443, node: node-a, ago: 1m}
+- {src: 203.0.113.7, dst: 10.1.0.10, src_port: 443, dst_port: 40001, node: node-a, direction: ingress, is_reply: true, ago: 1m}
+";
+    let mut flows = replay::to_flows(
+        "dns.yaml",
+        &replay::parse("dns.yaml", text)?,
+        flowgate_collector::now_ns(),
+    )?;
+    flows[0].dst_dns_name = "api.example.com".into();
+    flows[1].dst_dns_name = "example.com".into();
+    // flows[2]: an address the pod never looked up.
+    flows[3].src_dns_name = "api.example.com".into();
+    let grpc = format!("http://{}", collector.grpc_addr());
+    client::send_batches(&grpc, replay::batches("node-a/p", "node-a", flows, 10)).await?;
+
+    let http = format!("http://{}", collector.http_addr());
+    let answer = client::query(
+        &http,
+        "SELECT src_port, dst_port, verdict, egress_tier, decided_by FROM flows ORDER BY src_port, dst_port",
+    )
+    .await?;
+    let rows = answer["rows"].as_array().context("rows")?;
+    let view: Vec<(u64, u64, String, String, Vec<String>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["src_port"].as_u64().unwrap_or(0),
+                r["dst_port"].as_u64().unwrap_or(0),
+                r["verdict"].as_str().unwrap_or_default().to_owned(),
+                r["egress_tier"].as_str().unwrap_or_default().to_owned(),
+                strings(&r["decided_by"]),
+            )
+        })
+        .collect();
+    let apis = vec!["admin/egress-allowlist/egress/apis".to_owned()];
+    let internet = vec!["admin/egress-allowlist/egress/internet".to_owned()];
+    assert_eq!(
+        view,
+        vec![
+            // The reply, judged as its connection with the server's name.
+            (443, 40001, "allowed".into(), "admin".into(), apis.clone()),
+            (40001, 443, "allowed".into(), "admin".into(), apis),
+            // `*.example.com` is not example.com itself.
+            (
+                40002,
+                443,
+                "denied".into(),
+                "admin".into(),
+                internet.clone()
+            ),
+            // No name known: the Allow rule cannot match.
+            (40003, 443, "denied".into(), "admin".into(), internet),
+        ],
+        "{rows:#?}"
+    );
+    collector.shutdown().await?;
+    Ok(())
+}
+
 async fn client_text(url: &str) -> Result<String> {
     // /metrics is text, not JSON: read it with a plain TCP request.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -342,7 +342,7 @@ fn tier_rule_lines(
             TierPeer::Namespaces(_) | TierPeer::Pods { .. } => {
                 for (other, _) in cluster.pods() {
                     let endpoint = cluster.pod_endpoint(other, None);
-                    if cluster.tier_peer_matches(id, pi, pod, &endpoint)
+                    if cluster.tier_peer_matches(id, pi, pod, &endpoint, None)
                         && let Some(a) = pod_v4(cluster, other)
                     {
                         ranges.push((a, a));

@@ -54,6 +54,8 @@ pub struct VerdictCache {
     capacity: usize,
     generation: u64,
     stats: CacheStats,
+    /// The last verdict computed past the cache (see `verdict_named`).
+    named: Option<Verdict>,
 }
 
 impl VerdictCache {
@@ -63,6 +65,7 @@ impl VerdictCache {
             capacity: capacity.max(1),
             generation: 0,
             stats: CacheStats::default(),
+            named: None,
         }
     }
 
@@ -95,6 +98,29 @@ impl VerdictCache {
         self.map
             .entry(key)
             .or_insert_with(|| cluster.verdict(src, dst, port, protocol))
+    }
+
+    /// [`Self::verdict`] for a destination reached by the DNS name
+    /// `dst_name`. Verdicts that can depend on the name (the cluster has
+    /// `domainNames` peers) are computed without the cache, whose key has
+    /// no name; every other one is cached as usual.
+    pub fn verdict_named(
+        &mut self,
+        cluster: &Cluster,
+        src: &Endpoint,
+        dst: &Endpoint,
+        dst_name: Option<&str>,
+        port: u16,
+        protocol: Protocol,
+    ) -> &Verdict {
+        match dst_name {
+            Some(name) if cluster.judges_domain_names() => {
+                self.stats.misses += 1;
+                self.named
+                    .insert(cluster.verdict_named(src, dst, Some(name), port, protocol))
+            }
+            _ => self.verdict(cluster, src, dst, port, protocol),
+        }
     }
 
     pub fn stats(&self) -> CacheStats {

@@ -37,6 +37,14 @@ pub struct Endpoint {
     pub pod: Option<PodId>,
 }
 
+/// The other end of a direction, and the DNS name it was reached by if
+/// known (egress only: `domainNames` peers read it).
+#[derive(Clone, Copy)]
+struct Remote<'a> {
+    endpoint: &'a Endpoint,
+    name: Option<&'a str>,
+}
+
 /// The verdict for one direction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectionVerdict {
@@ -571,11 +579,12 @@ impl Cluster {
         &self,
         direction: Direction,
         subject: Option<PodId>,
-        other: &Endpoint,
+        remote: Remote<'_>,
         port: u16,
         protocol: Protocol,
         dst_pod: Option<&PodInfo>,
     ) -> DirectionVerdict {
+        let other = remote.endpoint;
         let Some(subject) = subject else {
             return DirectionVerdict {
                 applicable: false,
@@ -607,6 +616,7 @@ impl Cluster {
             direction,
             subject,
             other,
+            remote.name,
             port,
             protocol,
             dst_pod,
@@ -629,6 +639,7 @@ impl Cluster {
                 direction,
                 subject,
                 other,
+                remote.name,
                 port,
                 protocol,
                 dst_pod,
@@ -704,13 +715,47 @@ impl Cluster {
         port: u16,
         protocol: Protocol,
     ) -> Verdict {
+        self.verdict_named(src, dst, None, port, protocol)
+    }
+
+    /// [`Self::verdict`] when the DNS name `dst` was resolved from is known:
+    /// cluster policies' `domainNames` egress peers are judged against it
+    /// (without it they match nothing).
+    pub fn verdict_named(
+        &self,
+        src: &Endpoint,
+        dst: &Endpoint,
+        dst_name: Option<&str>,
+        port: u16,
+        protocol: Protocol,
+    ) -> Verdict {
         let src_pod = self.selectable_pod(src);
         let dst_pod = self.selectable_pod(dst);
         let dst_info = dst_pod.map(|d| self.pod(d));
-        let mut egress =
-            self.direction_verdict(Direction::Egress, src_pod, dst, port, protocol, dst_info);
-        let mut ingress =
-            self.direction_verdict(Direction::Ingress, dst_pod, src, port, protocol, dst_info);
+        let egress_to = Remote {
+            endpoint: dst,
+            name: dst_name,
+        };
+        let ingress_from = Remote {
+            endpoint: src,
+            name: None,
+        };
+        let mut egress = self.direction_verdict(
+            Direction::Egress,
+            src_pod,
+            egress_to,
+            port,
+            protocol,
+            dst_info,
+        );
+        let mut ingress = self.direction_verdict(
+            Direction::Ingress,
+            dst_pod,
+            ingress_from,
+            port,
+            protocol,
+            dst_info,
+        );
         match self.exemption(src, dst) {
             Some(Exemption::SamePod) => {
                 for d in [&mut egress, &mut ingress] {

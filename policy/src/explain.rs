@@ -147,14 +147,36 @@ impl Cluster {
         port: u16,
         protocol: Protocol,
     ) -> Explanation {
-        let v = self.verdict(src, dst, port, protocol);
-        let egress = self.explain_direction(Direction::Egress, &v.egress, src, dst, port, protocol);
-        let ingress =
-            self.explain_direction(Direction::Ingress, &v.ingress, src, dst, port, protocol);
+        self.explain_named(src, dst, None, port, protocol)
+    }
+
+    /// The verdict, explained, when the DNS name `dst` was reached by is
+    /// known (see [`Cluster::verdict_named`]).
+    pub fn explain_named(
+        &self,
+        src: &Endpoint,
+        dst: &Endpoint,
+        dst_name: Option<&str>,
+        port: u16,
+        protocol: Protocol,
+    ) -> Explanation {
+        let v = self.verdict_named(src, dst, dst_name, port, protocol);
+        let conn = Conn {
+            src,
+            dst,
+            dst_name,
+            port,
+            protocol,
+        };
+        let egress = self.explain_direction(Direction::Egress, &v.egress, &conn);
+        let ingress = self.explain_direction(Direction::Ingress, &v.ingress, &conn);
+        let dst_text = match dst_name {
+            Some(name) => format!("{} ({name})", self.endpoint_name(dst)),
+            None => self.endpoint_name(dst),
+        };
         let conn = format!(
-            "{} → {} {}",
+            "{} → {dst_text} {}",
             self.endpoint_name(src),
-            self.endpoint_name(dst),
             port_text(port, protocol)
         );
         let summary = if v.allowed {
@@ -195,14 +217,18 @@ impl Cluster {
         &self,
         direction: Direction,
         v: &DirectionVerdict,
-        src: &Endpoint,
-        dst: &Endpoint,
-        port: u16,
-        protocol: Protocol,
+        conn: &Conn<'_>,
     ) -> DirectionExplanation {
-        let (subject, other) = match direction {
-            Direction::Egress => (src, dst),
-            Direction::Ingress => (dst, src),
+        let &Conn {
+            src,
+            dst,
+            dst_name,
+            port,
+            protocol,
+        } = conn;
+        let (subject, other, other_name) = match direction {
+            Direction::Egress => (src, dst, dst_name),
+            Direction::Ingress => (dst, src, None),
         };
         let subject_name = self.endpoint_name(subject);
         let allowed_by: Vec<RuleRef> = v
@@ -221,7 +247,8 @@ impl Cluster {
         let dst_info = self.selectable_pod(dst).map(|d| self.pod(d));
         let steps = match self.selectable_pod(subject) {
             Some(pod) if v.applicable => {
-                self.tier_steps(direction, v, pod, other, port, protocol, dst_info)
+                let remote = (other, other_name);
+                self.tier_steps(direction, v, pod, remote, port, protocol, dst_info)
             }
             _ => Vec::new(),
         };
@@ -510,4 +537,14 @@ fn port_text(port: u16, protocol: Protocol) -> String {
     } else {
         protocol.to_string()
     }
+}
+
+/// One connection as the explanation reads it.
+struct Conn<'a> {
+    src: &'a Endpoint,
+    dst: &'a Endpoint,
+    /// The DNS name `dst` was reached by, if known.
+    dst_name: Option<&'a str>,
+    port: u16,
+    protocol: Protocol,
 }

@@ -113,7 +113,7 @@ impl Cluster {
         direction: Direction,
         v: &DirectionVerdict,
         subject: PodId,
-        other: &Endpoint,
+        (other, other_name): (&Endpoint, Option<&str>),
         port: u16,
         protocol: Protocol,
         dst_info: Option<&PodInfo>,
@@ -140,6 +140,7 @@ impl Cluster {
                 direction,
                 subject,
                 other,
+                other_name,
                 port,
                 protocol,
                 dst_info,
@@ -251,7 +252,9 @@ impl Cluster {
                     .peers
                     .iter()
                     .any(|p| matches!(p, TierPeer::DomainNames(_)));
+                // With a known name the rule was judged like any other.
                 if domains
+                    && ctx.other_name.is_none()
                     && Self::tier_rule_ports_match(rule, ctx.port, ctx.protocol, ctx.dst_info)
                 {
                     out.push(id);
@@ -284,8 +287,9 @@ impl Cluster {
                 if until.is_some() && rule.action == TierAction::Deny {
                     continue;
                 }
-                let peer_ok = (0..rule.peers.len())
-                    .any(|pi| self.tier_peer_matches(id, pi, ctx.subject, ctx.other));
+                let peer_ok = (0..rule.peers.len()).any(|pi| {
+                    self.tier_peer_matches(id, pi, ctx.subject, ctx.other, ctx.other_name)
+                });
                 let port_ok =
                     Self::tier_rule_ports_match(rule, ctx.port, ctx.protocol, ctx.dst_info);
                 let mut reasons = Vec::new();
@@ -392,11 +396,22 @@ impl Cluster {
                     )]
                 }
             }
-            TierPeer::DomainNames(names) => vec![format!(
-                "domainNames [{}] could not be evaluated: flowgate does not know which DNS name {} was reached by",
-                names.join(", "),
-                other.ip
-            )],
+            TierPeer::DomainNames(names) => {
+                let list: Vec<&str> = names.iter().map(|n| n.text.as_str()).collect();
+                match ctx.other_name {
+                    Some(q) if names.iter().any(|n| n.matches(q)) => Vec::new(),
+                    Some(q) => vec![format!(
+                        "{} was reached as `{q}`, which is not in domainNames [{}]",
+                        other.ip,
+                        list.join(", ")
+                    )],
+                    None => vec![format!(
+                        "domainNames [{}] could not be evaluated: flowgate does not know which DNS name {} was reached by",
+                        list.join(", "),
+                        other.ip
+                    )],
+                }
+            }
         }
     }
 
@@ -432,6 +447,8 @@ pub(crate) struct MissCtx<'a> {
     direction: Direction,
     subject: PodId,
     other: &'a Endpoint,
+    /// The DNS name `other` was reached by, if known.
+    other_name: Option<&'a str>,
     port: u16,
     protocol: Protocol,
     dst_info: Option<&'a PodInfo>,

@@ -155,10 +155,72 @@ pub enum TierPeer {
     Nodes(Selector),
     /// Any address in these CIDRs, pods' included (as the API says).
     Networks(Vec<IpNet>),
-    /// Egress to these DNS names: flowgate's verdicts do not know DNS
-    /// names, so such a peer never matches and explanations say it could
+    /// Egress to these DNS names. Judged against the name the connection's
+    /// destination was resolved from when flowgate saw the DNS answer;
+    /// without one such a peer cannot match, and explanations say it could
     /// not be evaluated.
-    DomainNames(Vec<String>),
+    DomainNames(Vec<DomainName>),
+}
+
+/// One `domainNames` entry: an exact name, or `*.suffix` for any name of
+/// one or more labels below `suffix` (never `suffix` itself), as the API
+/// defines it. Compared without case and without a trailing dot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainName {
+    /// As written in the policy, for explanations.
+    pub text: String,
+    /// Lowercased, trailing dot and `*.` removed.
+    name: String,
+    wildcard: bool,
+}
+
+impl DomainName {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.trim_end_matches('.').to_ascii_lowercase();
+        let (wildcard, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_string()),
+            None => (false, lower),
+        };
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.as_bytes()[0].is_ascii_alphanumeric()
+                && l.as_bytes()[l.len() - 1].is_ascii_alphanumeric()
+        };
+        // The CRD's pattern: at least two labels, `*` only as a whole
+        // leading label.
+        if name.split('.').count() < 2 || !name.split('.').all(label_ok) {
+            return Err(format!(
+                "domain name `{text}` is not a DNS name of two or more labels, optionally \
+                 starting with `*.` (e.g. `api.example.com`, `*.example.com`)"
+            ));
+        }
+        Ok(Self {
+            text: text.to_string(),
+            name,
+            wildcard,
+        })
+    }
+
+    /// Whether a queried name (as seen in a DNS answer) is this entry's.
+    pub fn matches(&self, queried: &str) -> bool {
+        let q = queried.trim_end_matches('.');
+        if self.wildcard {
+            q.len() > self.name.len() + 1
+                && q.as_bytes()[q.len() - self.name.len() - 1] == b'.'
+                && q[q.len() - self.name.len()..].eq_ignore_ascii_case(&self.name)
+        } else {
+            q.eq_ignore_ascii_case(&self.name)
+        }
+    }
+}
+
+impl fmt::Display for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// One port clause of a rule.
@@ -566,10 +628,14 @@ fn egress_peers(peers: &[EgressPeer]) -> Result<Vec<TierPeer>, String> {
                     .collect::<Result<_, _>>()?;
                 return Ok(TierPeer::Networks(nets));
             }
-            let names = p.domain_names.clone().unwrap_or_default();
+            let names = p.domain_names.as_deref().unwrap_or_default();
             if names.is_empty() {
                 return Err(ctx("`domainNames` needs at least one name".into()));
             }
+            let names = names
+                .iter()
+                .map(|n| DomainName::parse(n).map_err(&ctx))
+                .collect::<Result<_, _>>()?;
             Ok(TierPeer::DomainNames(names))
         })
         .collect()

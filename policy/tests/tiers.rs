@@ -21,6 +21,8 @@ struct TestDoc {
 struct Case {
     from: String,
     to: String,
+    /// The DNS name `to` was reached by, as the probe saw it answered.
+    to_name: Option<String>,
     port: u16,
     #[serde(default = "tcp")]
     protocol: String,
@@ -80,11 +82,22 @@ fn load(file: &Path) -> (Cluster, Vec<Case>) {
 }
 
 fn check(name: &str, cluster: &Cluster, c: Case, failures: &mut Vec<String>) {
-    let what = format!("{name}: {} -> {} {}/{}", c.from, c.to, c.protocol, c.port);
+    let what = format!(
+        "{name}: {} -> {}{} {}/{}",
+        c.from,
+        c.to,
+        c.to_name
+            .as_ref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default(),
+        c.protocol,
+        c.port
+    );
     let protocol: Protocol = c.protocol.parse().unwrap();
     let (src, dst) = (endpoint(cluster, &c.from), endpoint(cluster, &c.to));
-    let v = cluster.verdict(&src, &dst, c.port, protocol);
-    let e = cluster.explain(&src, &dst, c.port, protocol);
+    let name = c.to_name.as_deref();
+    let v = cluster.verdict_named(&src, &dst, name, c.port, protocol);
+    let e = cluster.explain_named(&src, &dst, name, c.port, protocol);
     if v.allowed != c.allowed {
         failures.push(format!(
             "{what}: allowed={}, expected {}: {}",
@@ -206,4 +219,41 @@ fn without_cluster_policies_verdicts_name_only_networkpolicy_tiers() {
     );
     assert_eq!(cluster.cluster_policies().count(), 2);
     assert_eq!(plain.cluster_policies().count(), 0);
+}
+
+#[test]
+fn a_malformed_domain_name_is_refused_with_its_place() {
+    for (name, why) in [
+        ("*", "two or more labels"),
+        ("example", "two or more labels"),
+        ("*.*.example.com", "two or more labels"),
+        ("www.exa mple.com", "two or more labels"),
+    ] {
+        let yaml = format!(
+            "apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {{name: bad}}
+spec:
+  priority: 1
+  subject: {{namespaces: {{}}}}
+  egress:
+  - {{name: a, action: Allow, to: [{{domainNames: [\"{name}\"]}}]}}
+"
+        );
+        let mut objects = ClusterObjects::default();
+        objects.parse_yaml("bad.yaml", &yaml).unwrap();
+        let err = Cluster::build(&objects, 1).expect_err(name).to_string();
+        assert!(
+            err.contains("spec.egress[0]")
+                && err.contains(&format!("`{name}`"))
+                && err.contains(why),
+            "{name}: {err}"
+        );
+    }
+    // A name whose egress cannot match without DNS still leaves verdicts
+    // cacheable for clusters without such peers.
+    let (plain, _) = load(&fixtures().join("tiers/pass.yaml"));
+    assert!(!plain.judges_domain_names());
+    let (named, _) = load(&fixtures().join("tiers/domain-names.yaml"));
+    assert!(named.judges_domain_names());
 }

@@ -47,7 +47,7 @@ enum CompiledPeer {
     /// Bitset over node indexes.
     Nodes(NsSet),
     Networks(Box<[ipnet::IpNet]>),
-    DomainNames,
+    DomainNames(Box<[crate::tier::DomainName]>),
 }
 
 /// A rule as the hot path reads it: contiguous with the other rules of its
@@ -178,6 +178,9 @@ pub(super) struct Tiers {
     subjects: Vec<[Arc<[ClusterPolicyId]>; 2]>,
     walks: Vec<Walk>,
     selected: Vec<Vec<PodId>>,
+    /// Some rule has a `domainNames` peer: only then does a verdict depend
+    /// on the destination's DNS name.
+    domain_peers: bool,
 }
 
 impl Tiers {
@@ -305,6 +308,9 @@ impl Cluster {
                         .map(|p| self.compile_peer(p, &nodes, &mut pod_sets))
                         .collect();
                     let live = peers.iter().any(|p| self.peer_may_match(p));
+                    t.domain_peers |= peers
+                        .iter()
+                        .any(|p| matches!(p, CompiledPeer::DomainNames(_)));
                     let id = TierRuleId {
                         policy: ClusterPolicyId(pi as u32),
                         direction: d,
@@ -407,7 +413,7 @@ impl Cluster {
                 CompiledPeer::Nodes(bitset(nodes.len(), |i| s.matches(&nodes[i].labels)))
             }
             TierPeer::Networks(nets) => CompiledPeer::Networks(nets.clone().into_boxed_slice()),
-            TierPeer::DomainNames(_) => CompiledPeer::DomainNames,
+            TierPeer::DomainNames(names) => CompiledPeer::DomainNames(names.clone().into()),
         }
     }
 
@@ -449,15 +455,18 @@ impl Cluster {
 
     /// Whether peer `peer` of `rule` matches `other` when `subject` is the
     /// pod the rule applies to (the subject matters for sameLabels).
+    /// `other_name`: the DNS name `other` was reached by, if known (only
+    /// `domainNames` peers read it).
     pub fn tier_peer_matches(
         &self,
         rule: TierRuleId,
         peer: usize,
         subject: PodId,
         other: &Endpoint,
+        other_name: Option<&str>,
     ) -> bool {
         let compiled = &self.compiled_rules(rule.policy, rule.direction)[rule.index as usize];
-        self.compiled_peer_matches(&compiled.peers[peer], subject, other)
+        self.compiled_peer_matches(&compiled.peers[peer], subject, other, other_name)
     }
 
     fn compiled_peer_matches(
@@ -465,6 +474,7 @@ impl Cluster {
         compiled: &CompiledPeer,
         subject: PodId,
         other: &Endpoint,
+        other_name: Option<&str>,
     ) -> bool {
         match compiled {
             CompiledPeer::Namespaces(ns) => self
@@ -476,7 +486,9 @@ impl Cluster {
             CompiledPeer::PodSet(set) => other.pod.is_some_and(|o| set.contains(o.0)),
             CompiledPeer::Nodes(set) => self.node_of(other).is_some_and(|n| set.contains(n)),
             CompiledPeer::Networks(nets) => nets.iter().any(|n| n.contains(&other.ip)),
-            CompiledPeer::DomainNames => false,
+            CompiledPeer::DomainNames(names) => {
+                other_name.is_some_and(|q| names.iter().any(|n| n.matches(q)))
+            }
         }
     }
 
@@ -543,6 +555,7 @@ impl Cluster {
         direction: Direction,
         subject: PodId,
         other: &Endpoint,
+        other_name: Option<&str>,
         port: u16,
         protocol: Protocol,
         dst_pod: Option<&PodInfo>,
@@ -568,7 +581,7 @@ impl Cluster {
             if rule
                 .peers
                 .iter()
-                .any(|p| self.compiled_peer_matches(p, subject, other))
+                .any(|p| self.compiled_peer_matches(p, subject, other, other_name))
             {
                 return Some((rule.id, rule.action));
             }
@@ -578,7 +591,7 @@ impl Cluster {
 
     /// False when the peer matches nothing in this snapshot, whoever the
     /// subject: its namespace or node set is empty, no selectable pod fits
-    /// it, or it names domains (never matched from an address).
+    /// it.
     fn peer_may_match(&self, p: &CompiledPeer) -> bool {
         match p {
             CompiledPeer::Namespaces(CompiledNs::Set(set)) | CompiledPeer::Nodes(set) => {
@@ -598,9 +611,15 @@ impl Cluster {
                 ns: CompiledNs::Related(_),
                 ..
             }
-            | CompiledPeer::Networks(_) => true,
-            CompiledPeer::DomainNames => false,
+            | CompiledPeer::Networks(_)
+            | CompiledPeer::DomainNames(_) => true,
         }
+    }
+
+    /// Whether a verdict can depend on the DNS name the destination was
+    /// reached by (some cluster policy has a `domainNames` peer).
+    pub fn judges_domain_names(&self) -> bool {
+        self.tiers.domain_peers
     }
 
     pub fn cluster_policy(&self, id: ClusterPolicyId) -> &ClusterPolicyInfo {
