@@ -30,6 +30,8 @@ pub(crate) struct Args {
         default_value = crate::http::DEFAULT_COLLECTOR_HTTP
     )]
     collector_http: String,
+    #[command(flatten)]
+    token: crate::http::Token,
     #[arg(long, value_enum, default_value_t = Output::Yaml)]
     output: Output,
 }
@@ -39,7 +41,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(since) = &args.since {
         query.push(("since", since.clone()));
     }
-    let answer = crate::http::get(&args.collector_http, "/api/v1/advise", &query)?;
+    let answer = crate::http::get(&args.collector_http, "/api/v1/advise", &query, &args.token)?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
         Output::Yaml => print!("{}", render(&answer)),

@@ -40,6 +40,8 @@ pub(crate) struct Args {
         default_value = crate::http::DEFAULT_COLLECTOR_HTTP
     )]
     collector_http: String,
+    #[command(flatten)]
+    token: crate::http::Token,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
 }
@@ -57,7 +59,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         ("protocol", args.protocol.to_string()),
         ("since", args.since.clone()),
     ];
-    let answer = crate::http::get(&args.collector_http, "/api/v1/blame", &query)?;
+    let answer = crate::http::get(&args.collector_http, "/api/v1/blame", &query, &args.token)?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
         Output::Text => print!("{}", render(&args, &answer)),

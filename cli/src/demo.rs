@@ -78,6 +78,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Err(e) = demo.check_children() {
             break Err(e);
         }
+        match demo.apply_due_changes() {
+            Ok(applied) => {
+                for change in applied {
+                    println!("  scenario change: {change}");
+                }
+            }
+            Err(e) => break Err(e),
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
     let stats = &demo.stats;

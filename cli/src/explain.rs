@@ -44,6 +44,8 @@ pub(crate) struct Args {
     /// from the collector's recorded history.
     #[arg(long, value_name = "TIME", requires = "collector_http")]
     at: Option<String>,
+    #[command(flatten)]
+    token: crate::http::Token,
     /// Source: `namespace/pod`, or an IP address (a pod's IP means that pod).
     #[arg(long, value_name = "SRC")]
     from: String,
@@ -105,7 +107,7 @@ fn remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(at) = &args.at {
         query.push(("at", at.clone()));
     }
-    let mut answer = crate::http::get(url, "/api/v1/explain", &query)?;
+    let mut answer = crate::http::get(url, "/api/v1/explain", &query, &args.token)?;
     let explanation = answer["explanation"].take();
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),

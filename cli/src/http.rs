@@ -8,9 +8,47 @@ use serde_json::Value;
 /// `--collector-http` is not given: the address `flowgate demo` serves it on.
 pub(crate) const DEFAULT_COLLECTOR_HTTP: &str = "http://127.0.0.1:8080";
 
-/// `GET {base}{path}?{query}`: the JSON answer, or an error carrying the
-/// collector's message.
-pub(crate) fn get(base: &str, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+/// The bearer token of a command that asks a collector started with
+/// `--api-token-file` or `--api-auth kubernetes`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Token {
+    /// Bearer token for a collector started with --api-token-file or
+    /// --api-auth kubernetes.
+    #[arg(long, env = "FLOWGATE_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Read the bearer token from this file (its first line).
+    #[arg(long, env = "FLOWGATE_API_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl Token {
+    /// The token given, read from its file if need be; `None` without one.
+    pub(crate) fn resolve(&self) -> anyhow::Result<Option<String>> {
+        Ok(match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.trim().to_owned()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the token file {}", path.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        })
+    }
+}
+
+/// `GET {base}{path}?{query}` (with the bearer token, if any): the JSON
+/// answer, or an error carrying the collector's message.
+pub(crate) fn get(
+    base: &str,
+    path: &str,
+    query: &[(&str, String)],
+    token: &Token,
+) -> anyhow::Result<Value> {
+    let token = token.resolve()?;
     let pairs: Vec<String> = query
         .iter()
         .map(|(k, v)| format!("{k}={}", encode(v)))
@@ -20,22 +58,29 @@ pub(crate) fn get(base: &str, path: &str, query: &[(&str, String)]) -> anyhow::R
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let answer = runtime.block_on(flowgate_client::http_json(http::Method::GET, &url, None))?;
+    let answer = runtime.block_on(flowgate_client::http_json_as(
+        http::Method::GET,
+        &url,
+        None,
+        token.as_deref(),
+    ))?;
     Ok(answer)
 }
 
-/// `POST {base}{path}` with a JSON body: the JSON answer, or an error
+/// `POST {base}{path}` with a JSON body (and the bearer token, if any): the JSON answer, or an error
 /// carrying the collector's message.
-pub(crate) fn post(base: &str, path: &str, body: Value) -> anyhow::Result<Value> {
+pub(crate) fn post(base: &str, path: &str, body: Value, token: &Token) -> anyhow::Result<Value> {
+    let token = token.resolve()?;
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let answer = runtime.block_on(flowgate_client::http_json(
+    let answer = runtime.block_on(flowgate_client::http_json_as(
         http::Method::POST,
         &url,
         Some(body),
+        token.as_deref(),
     ))?;
     Ok(answer)
 }

@@ -18,13 +18,8 @@ pub(crate) struct Args {
         default_value = crate::http::DEFAULT_COLLECTOR_HTTP
     )]
     collector_http: String,
-    /// Bearer token for a collector started with --api-token-file or
-    /// --api-auth kubernetes.
-    #[arg(long, env = "FLOWGATE_API_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Read the bearer token from this file (its first line).
-    #[arg(long, env = "FLOWGATE_API_TOKEN_FILE", conflicts_with = "token")]
-    token_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    token: crate::http::Token,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -32,19 +27,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let token = match (&args.token, &args.token_file) {
-        (Some(t), _) => Some(t.trim().to_owned()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the token file {}", path.display()))?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => None,
-    };
+    let token = args.token.resolve()?;
     let answer = runtime.block_on(flowgate_client::query_as(
         &args.collector_http,
         &args.sql,

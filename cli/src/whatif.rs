@@ -43,6 +43,8 @@ pub(crate) struct Args {
         default_value = crate::http::DEFAULT_COLLECTOR_HTTP
     )]
     collector_http: String,
+    #[command(flatten)]
+    token: crate::http::Token,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
     /// Exit with status 3 when any observed connection would newly be
@@ -53,7 +55,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let body = request(&args)?;
-    let answer = crate::http::post(&args.collector_http, "/api/v1/whatif", body)?;
+    let answer = crate::http::post(&args.collector_http, "/api/v1/whatif", body, &args.token)?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
         Output::Text => print!("{}", render(&answer)),

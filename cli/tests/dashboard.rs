@@ -79,7 +79,10 @@ fn the_dashboard_shows_flows_verdicts_explanations_sql_map_and_policies() -> Res
     }
     let data = tempfile::tempdir()?;
     let fixtures = web_tests().join("fixtures");
-    let collector = Collector::start(&fixtures.join("cluster.yaml"), data.path())?;
+    // A copy the browser test may edit (the History section needs a change).
+    let cluster = data.path().join("cluster.yaml");
+    std::fs::copy(fixtures.join("cluster.yaml"), &cluster)?;
+    let collector = Collector::start_with(&cluster, data.path(), &["--cluster-poll", "200ms"])?;
     let out = collector.replay(&fixtures.join("flows.yaml"), &[])?;
     ensure!(out.contains("12 stored"), "{out}");
     let big = data.path().join("big-flows.json");
@@ -101,6 +104,7 @@ fn the_dashboard_shows_flows_verdicts_explanations_sql_map_and_policies() -> Res
         .arg(BIG.to_string())
         .arg(support::FLOWGATE)
         .arg(&collector.grpc)
+        .env("FLOWGATE_TEST_CLUSTER_FILE", &cluster)
         .output()
         .context("run node web/tests/dashboard.mjs")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -114,6 +118,7 @@ fn the_dashboard_shows_flows_verdicts_explanations_sql_map_and_policies() -> Res
     for page in [
         "flows",
         "why-blocked",
+        "why-history",
         "map",
         "policies",
         "lint",

@@ -93,6 +93,15 @@ fn a_policy_edit_is_recorded_judged_at_the_old_time_and_survives_a_restart() -> 
     ensure!(now.starts_with("DENIED"), "{now}");
     let then = explain(&collector.http, &["--at", &before_edit])?;
     ensure!(then.starts_with("ALLOWED"), "--at before the edit: {then}");
+    // A pod that moves to another address is recorded too.
+    std::fs::write(
+        files.path().join("cluster.yaml"),
+        CLUSTER.replace("10.244.1.5", "10.244.1.7"),
+    )?;
+    wait_for_row(
+        &collector.http,
+        "SELECT 1 FROM label_history WHERE name = 'web' AND array_has(after_ips, '10.244.1.7')",
+    )?;
     check_history(&collector.http)?;
     check_blame(&collector.http)?;
     let generation_before = current_generation(&collector.http)?;
@@ -154,15 +163,24 @@ fn check_history(http: &str) -> Result<()> {
     );
     let labels = sql(
         http,
-        "SELECT kind, namespace, name, before_labels, after_labels FROM label_history ORDER BY kind, name",
+        "SELECT kind, namespace, name, before_labels, after_labels, before_ips, after_ips \
+         FROM label_history ORDER BY kind, name, time",
     )?;
-    ensure!(labels.len() == 3, "{labels:#?}");
+    ensure!(labels.len() == 4, "{labels:#?}");
     ensure!(
         labels[0]["kind"] == "Namespace" && labels[0]["after_labels"] == r#"{"team":"a"}"#,
         "{labels:#?}"
     );
     ensure!(
         labels[1]["name"] == "db" && labels[1]["before_labels"].is_null(),
+        "{labels:#?}"
+    );
+    // web: created, then moved from .5 to .7 with the same labels.
+    ensure!(
+        labels[3]["name"] == "web"
+            && labels[3]["before_ips"] == serde_json::json!(["10.244.1.5"])
+            && labels[3]["after_ips"] == serde_json::json!(["10.244.1.7"])
+            && labels[3]["before_labels"] == labels[3]["after_labels"],
         "{labels:#?}"
     );
     Ok(())
@@ -213,15 +231,176 @@ fn check_blame(http: &str) -> Result<()> {
     );
     let detail = cause["detail"].as_str().unwrap_or_default();
     ensure!(
-        detail.contains("prod/db-ingress ingress rule 0 changed")
-            && detail.contains("\"team\":\"a\"")
-            && detail.contains("\"team\":\"b\""),
+        detail
+            == "prod/db-ingress ingress rule 0 lost the peer namespaceSelector team=a; \
+                prod/db-ingress ingress rule 0 gained the peer namespaceSelector team=b",
         "{detail}"
     );
     let text = blame("prod/db", "prod/web", "text")?;
     ensure!(
         text.contains("allowed now") && text.contains("no change"),
         "{text}"
+    );
+    Ok(())
+}
+
+/// `explain --collector-http` and `blame` send the API token, from
+/// `--token`, `--token-file` or `FLOWGATE_API_TOKEN`, like `query` does.
+#[test]
+fn explain_and_blame_send_the_api_token() -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let files = tempfile::tempdir()?;
+    std::fs::write(files.path().join("cluster.yaml"), CLUSTER)?;
+    std::fs::write(files.path().join("policy.yaml"), policy("a"))?;
+    let token_file = files.path().join("tokens");
+    std::fs::write(&token_file, "s3cret\n")?;
+    let token_path = token_file.to_str().unwrap_or_default();
+    let collector = Collector::start_with(
+        files.path(),
+        data.path(),
+        &["--api-token-file", token_path],
+    )?;
+    let http = collector.http.as_str();
+    let ask = [
+        "--collector-http",
+        http,
+        "--from",
+        "prod/web",
+        "--to",
+        "prod/db",
+        "--port",
+        "5432",
+    ];
+    for command in ["explain", "blame"] {
+        let mut args = vec![command];
+        args.extend_from_slice(&ask);
+        let out = support::flowgate(&args)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains("401"),
+            "{command} without a token: {out:?}"
+        );
+        let mut with_token = args.clone();
+        with_token.extend_from_slice(&["--token", "s3cret"]);
+        let out = succeed(&with_token)?;
+        ensure!(out.contains("ALLOWED") || out.contains("allowed now"), "{out}");
+        let mut with_file = args.clone();
+        with_file.extend_from_slice(&["--token-file", token_path]);
+        succeed(&with_file)?;
+        let out = std::process::Command::new(support::FLOWGATE)
+            .args(&args)
+            .env("FLOWGATE_API_TOKEN", "s3cret")
+            .output()?;
+        ensure!(out.status.success(), "{command} with FLOWGATE_API_TOKEN: {out:?}");
+    }
+    Ok(())
+}
+
+/// The demo's `changes:` against the file-watching collector: the default
+/// scenario narrows prod/allow-same-namespace at 1m and puts it back at 2m.
+/// The schedule is driven with chosen times (no waiting for minutes); the
+/// collector sees each cluster file as the demo writes it. Blame names the
+/// edit that broke frontend → backend, rule by rule, then the fix, and says
+/// "no change" for a connection the edits never flipped.
+#[test]
+fn blame_names_the_demo_change_that_broke_a_connection() -> Result<()> {
+    use flowgate_demo::changes::{Schedule, write_cluster};
+    let placed = flowgate_demo::run::load_scenario(None)?;
+    let data = tempfile::tempdir()?;
+    let files = tempfile::tempdir()?;
+    write_cluster(files.path(), &placed.cluster_yaml)?;
+    let collector = Collector::start_with(files.path(), data.path(), &["--cluster-poll", "100ms"])?;
+    let http = collector.http.as_str();
+    let mut schedule = Schedule::new(files.path().to_path_buf());
+    let blame = |from: &str, to: &str, port: &str| -> Result<serde_json::Value> {
+        let out = succeed(&[
+            "blame",
+            "--collector-http",
+            http,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            port,
+            "--output",
+            "json",
+        ])?;
+        Ok(serde_json::from_str(&out)?)
+    };
+    let modified = |n: usize| {
+        wait_for_row(
+            http,
+            &format!(
+                "SELECT 1 FROM (SELECT count(*) AS n FROM policy_history \
+                 WHERE name = 'allow-same-namespace' AND change = 'modified') WHERE n = {n}"
+            ),
+        )
+    };
+    ensure!(schedule.apply_due(&placed, Duration::from_secs(59))?.is_empty());
+
+    let applied = schedule.apply_due(&placed, Duration::from_secs(60))?;
+    ensure!(applied.len() == 1, "{applied:?}");
+    modified(1)?;
+    let json = blame("prod/frontend", "prod/backend", "8080")?;
+    ensure!(json["verdict_now"] == "denied", "{json:#}");
+    let changes = json["changes"].as_array().cloned().unwrap_or_default();
+    ensure!(changes.len() == 1, "{json:#}");
+    ensure!(
+        changes[0]["before"] == "allowed" && changes[0]["after"] == "denied",
+        "{json:#}"
+    );
+    let cause = &changes[0]["causes"][0];
+    ensure!(
+        cause["kind"] == "NetworkPolicy"
+            && cause["namespace"] == "prod"
+            && cause["name"] == "allow-same-namespace"
+            && cause["change"] == "modified",
+        "{json:#}"
+    );
+    ensure!(
+        cause["detail"]
+            == "prod/allow-same-namespace ingress rule 0 lost the peer podSelector {} (all); \
+                prod/allow-same-namespace ingress rule 0 gained the peer podSelector app=backend",
+        "{json:#}"
+    );
+    // prod → shop never depended on allow-same-namespace.
+    let json = blame("prod/frontend", "shop/cart", "8000")?;
+    ensure!(
+        json["verdict_now"] == "allowed" && json["changes"] == serde_json::json!([]),
+        "{json:#}"
+    );
+    let text = succeed(&[
+        "blame",
+        "--collector-http",
+        http,
+        "--from",
+        "prod/frontend",
+        "--to",
+        "shop/cart",
+        "--port",
+        "8000",
+    ])?;
+    ensure!(text.contains("no change"), "{text}");
+
+    let applied = schedule.apply_due(&placed, Duration::from_secs(600))?;
+    ensure!(applied.len() == 1 && schedule.done(&placed), "{applied:?}");
+    modified(2)?;
+    let json = blame("prod/frontend", "prod/backend", "8080")?;
+    let flips: Vec<(String, String)> = json["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| (c["before"].to_string(), c["after"].to_string()))
+        .collect();
+    ensure!(
+        json["verdict_now"] == "allowed"
+            && flips
+                == [
+                    ("\"allowed\"".into(), "\"denied\"".into()),
+                    ("\"denied\"".into(), "\"allowed\"".into())
+                ],
+        "{json:#}"
     );
     Ok(())
 }

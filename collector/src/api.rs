@@ -795,9 +795,10 @@ async fn advise(
     report.map(Json).map_err(whatif_error)
 }
 
-/// Every rule some stored flow was admitted by: `namespace/name/direction/index`.
-const HIT_RULES_SQL: &str =
-    "SELECT DISTINCT rule FROM (SELECT unnest(allowed_rules) AS rule FROM flows)";
+/// Every rule some stored flow was admitted by, `namespace/name/direction/index`,
+/// from `rule_hits` (so the Lint page and the table agree).
+const HIT_RULES_SQL: &str = "SELECT namespace || '/' || policy || '/' || direction || '/' || \
+     CAST(rule_index AS VARCHAR) AS rule FROM rule_hits WHERE flows > 0";
 
 /// The lint findings for the current cluster, plus `rule-never-hit` over
 /// the stored flows.

@@ -2,8 +2,9 @@
 //! generation of the history is rebuilt and the connection re-judged under
 //! it, so a flip is found even if no traffic flowed when it happened.
 
+mod words;
+
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::cluster::history::{Change, History, ObjectChange};
 use flowgate_policy::Cluster;
@@ -98,14 +99,10 @@ fn cause(c: &Change) -> Cause {
             namespace: namespace.clone(),
             name: name.clone(),
             change,
-            detail: policy_detail(
+            detail: words::policy(
                 &format!("{namespace}/{name}"),
-                before
-                    .as_deref()
-                    .map(|p| serde_json::to_value(&p.spec).unwrap_or_default()),
-                after
-                    .as_deref()
-                    .map(|p| serde_json::to_value(&p.spec).unwrap_or_default()),
+                before.as_deref(),
+                after.as_deref(),
             ),
         },
         ObjectChange::Namespace {
@@ -119,8 +116,8 @@ fn cause(c: &Change) -> Cause {
             change,
             detail: format!(
                 "namespace {name} labels {} → {}",
-                labels(before.as_ref()),
-                labels(after.as_ref())
+                words::labels(before.as_ref()),
+                words::labels(after.as_ref())
             ),
         },
         ObjectChange::Pod {
@@ -133,79 +130,7 @@ fn cause(c: &Change) -> Cause {
             namespace: namespace.clone(),
             name: name.clone(),
             change,
-            detail: format!(
-                "pod {namespace}/{name} labels {} → {}",
-                labels(before.as_ref().and_then(|p| p.metadata.labels.as_ref())),
-                labels(after.as_ref().and_then(|p| p.metadata.labels.as_ref()))
-            ),
+            detail: words::pod(namespace, name, before.as_deref(), after.as_deref()),
         },
     }
-}
-
-fn labels(l: Option<&std::collections::BTreeMap<String, String>>) -> String {
-    match l {
-        None => "(none: the object did not exist)".into(),
-        Some(l) if l.is_empty() => "{}".into(),
-        Some(l) => l
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(","),
-    }
-}
-
-/// The rule-level difference between two specs, in words.
-fn policy_detail(key: &str, before: Option<Value>, after: Option<Value>) -> String {
-    let (before, after) = match (before, after) {
-        (None, _) => return format!("{key} was created"),
-        (_, None) => return format!("{key} was deleted"),
-        (Some(b), Some(a)) => (b, a),
-    };
-    let mut parts = Vec::new();
-    for field in ["podSelector", "policyTypes"] {
-        if before.get(field) != after.get(field) {
-            parts.push(format!(
-                "{key} {field} {} → {}",
-                compact(before.get(field)),
-                compact(after.get(field))
-            ));
-        }
-    }
-    for direction in ["ingress", "egress"] {
-        let rules = |v: &Value| {
-            v.get(direction)
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        };
-        let (b, a) = (rules(&before), rules(&after));
-        for i in 0..b.len().max(a.len()) {
-            match (b.get(i), a.get(i)) {
-                (Some(x), Some(y)) if x == y => {}
-                (Some(x), Some(y)) => parts.push(format!(
-                    "{key} {direction} rule {i} changed from {} to {}",
-                    compact(Some(x)),
-                    compact(Some(y))
-                )),
-                (Some(x), None) => parts.push(format!(
-                    "{key} {direction} rule {i} ({}) was removed",
-                    compact(Some(x))
-                )),
-                (None, Some(y)) => parts.push(format!(
-                    "{key} {direction} rule {i} ({}) was added",
-                    compact(Some(y))
-                )),
-                (None, None) => {}
-            }
-        }
-    }
-    if parts.is_empty() {
-        format!("{key} was modified")
-    } else {
-        parts.join("; ")
-    }
-}
-
-fn compact(v: Option<&Value>) -> String {
-    v.map_or_else(|| "(none)".to_string(), Value::to_string)
 }

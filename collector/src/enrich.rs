@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 
 use crate::cluster::Snapshot;
 use crate::cluster::ip_index::{Interval, PodIdentity};
-use crate::metrics::Metrics;
+use crate::metrics::{DENIED_RULE, Metrics, rule_labels};
 
 /// Why a flow record cannot be stored: names the field and the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -195,6 +195,8 @@ fn ip(
 #[derive(Default)]
 pub struct VerdictTally {
     counts: FxHashMap<(bool, Option<PolicyId>), u64>,
+    /// By rule (`None`: the policy isolated the direction and denied).
+    rules: FxHashMap<(PolicyId, PolicyDirection, Option<u32>), u64>,
     mismatches: u64,
 }
 
@@ -209,6 +211,32 @@ impl VerdictTally {
                 .inc_by(n);
         }
         metrics.enforcement_mismatches.inc_by(self.mismatches);
+        metrics.count_rule_flows(self.rules.iter().map(|(&(id, direction, rule), &n)| {
+            let p = cluster.policy(id);
+            let rule = rule.map_or_else(|| DENIED_RULE.to_owned(), |i| i.to_string());
+            (rule_labels(&p.namespace, &p.name, direction, rule), n)
+        }));
+    }
+
+    /// Counts one flow under the rules that admitted it, or the policies
+    /// that isolated a direction and denied it.
+    fn count_rules(&mut self, v: &Verdict) {
+        for r in v.egress.allowed_by.iter().chain(&v.ingress.allowed_by) {
+            *self
+                .rules
+                .entry((r.policy, r.direction, Some(r.index)))
+                .or_default() += 1;
+        }
+        for (d, direction) in [
+            (&v.egress, PolicyDirection::Egress),
+            (&v.ingress, PolicyDirection::Ingress),
+        ] {
+            if d.tier == Tier::NetworkPolicy && !d.allowed {
+                for p in d.isolated_by.iter() {
+                    *self.rules.entry((*p, direction, None)).or_default() += 1;
+                }
+            }
+        }
     }
 }
 
@@ -274,6 +302,7 @@ impl Enricher {
         let mismatch = allowed == c.dropped;
         let deciding = deciding_policy(verdict);
         *tally.counts.entry((allowed, deciding)).or_default() += 1;
+        tally.count_rules(verdict);
         tally.mismatches += u64::from(mismatch);
         let (allowed_by, allowed_rules, denied_by) = policy_names(&snapshot.names, verdict);
         let dir = |d: &flowgate_policy::DirectionVerdict| match (d.applicable, d.allowed) {

@@ -243,6 +243,7 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
                 tables::namespace_rows(c),
                 tables::policy_rows(c),
             );
+            engine.set_pod_isolation(&tables::pod_isolation_rows(c));
             let h = cluster::state::lock(&history);
             engine.set_history_tables(
                 &tables::policy_history_rows(&h),

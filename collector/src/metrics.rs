@@ -1,7 +1,11 @@
 //! The collector's Prometheus metrics: what came in, what was refused or
 //! lost (and why), how flows were judged, and how queries perform.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+
+use flowgate_policy::{Cluster, Direction};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -41,7 +45,15 @@ pub struct Metrics {
     pub history_changes_lost: Counter,
     /// Edits of `--cluster` files that could not be applied (bad YAML…).
     pub cluster_file_reloads_failed: Counter,
+    /// `flowgate_policy_rule_flows_total`: flows per NetworkPolicy rule.
+    /// Only series of rules that exist now: see [`Metrics::set_policy_rules`].
+    policy_rule_flows: Family<Labels, Counter>,
+    /// The label sets `policy_rule_flows` may hold under the current snapshot.
+    policy_rules: Mutex<HashSet<Labels>>,
 }
+
+/// The `rule` label of flows a policy isolated and denied (no rule admitted them).
+pub const DENIED_RULE: &str = "none";
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -51,7 +63,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("flowgate_collector");
+        let mut root = Registry::default();
         let m = Self {
             registry: Registry::default(),
             flows_ingested: Counter::default(),
@@ -71,7 +83,17 @@ impl Metrics {
             cluster_policies_undecodable: Gauge::default(),
             history_changes_lost: Counter::default(),
             cluster_file_reloads_failed: Counter::default(),
+            policy_rule_flows: Family::default(),
+            policy_rules: Mutex::new(HashSet::new()),
         };
+        // Named for what it counts, not who counts it: `flowgate_policy_*`.
+        root.sub_registry_with_prefix("flowgate_policy").register(
+            "rule_flows",
+            "Flows per NetworkPolicy rule that admitted them (rule = its index in that direction), \
+             and flows a policy isolated and denied (rule=\"none\"); only rules that exist now",
+            m.policy_rule_flows.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("flowgate_collector");
         registry.register("flows_ingested", "Flows stored", m.flows_ingested.clone());
         registry.register("batches_stored", "Batches stored", m.batches_stored.clone());
         registry.register(
@@ -149,7 +171,45 @@ impl Metrics {
             "Edits of --cluster files that could not be loaded; the previous state stays in force",
             m.cluster_file_reloads_failed.clone(),
         );
-        Self { registry, ..m }
+        Self {
+            registry: root,
+            ..m
+        }
+    }
+
+    /// Bounds `flowgate_policy_rule_flows_total` to the rules of `cluster`:
+    /// series of deleted policies and rules are dropped, and only these
+    /// label sets are counted until the next snapshot.
+    pub fn set_policy_rules(&self, cluster: &Cluster) {
+        let mut allowed = HashSet::new();
+        for (_, p) in cluster.policies() {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                if !p.isolates(direction) {
+                    continue;
+                }
+                let rules = (0..p.rules(direction).len()).map(|i| i.to_string());
+                for rule in rules.chain([DENIED_RULE.to_owned()]) {
+                    allowed.insert(rule_labels(&p.namespace, &p.name, direction, rule));
+                }
+            }
+        }
+        let mut current = lock(&self.policy_rules);
+        for gone in current.difference(&allowed) {
+            self.policy_rule_flows.remove(gone);
+        }
+        *current = allowed;
+    }
+
+    /// Adds `n` flows to a rule's series (`rule`: index or [`DENIED_RULE`]),
+    /// if that rule exists under the current snapshot: a batch judged under
+    /// an older one cannot bring back a deleted policy's series.
+    pub fn count_rule_flows(&self, counts: impl IntoIterator<Item = (Labels, u64)>) {
+        let allowed = lock(&self.policy_rules);
+        for (labels, n) in counts {
+            if allowed.contains(&labels) {
+                self.policy_rule_flows.get_or_create(&labels).inc_by(n);
+            }
+        }
     }
 
     /// Counts a rejected batch and its flows under one reason label.
@@ -168,6 +228,21 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The labels of one `flowgate_policy_rule_flows_total` series.
+pub fn rule_labels(namespace: &str, policy: &str, direction: Direction, rule: String) -> Labels {
+    vec![
+        ("namespace", namespace.to_owned()),
+        ("policy", policy.to_owned()),
+        ("direction", direction.to_string()),
+        ("rule", rule),
+    ]
+}
+
+fn lock(m: &Mutex<HashSet<Labels>>) -> std::sync::MutexGuard<'_, HashSet<Labels>> {
+    // The set is replaced whole: a panic elsewhere cannot leave it half-made.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Why a batch was rejected: the label of the rejection counters.

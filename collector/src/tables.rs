@@ -1,12 +1,15 @@
 //! The cluster as the query engine's `pods`, `namespaces` and `policies`
 //! tables, refreshed with each snapshot, and the store's size as metrics.
 
-use flowgate_policy::Cluster;
+use flowgate_policy::{Cluster, Direction};
 use flowgate_query::{
-    FlowStore, LabelHistoryRow, NamespaceRow, PodRow, PolicyHistoryRow, PolicyRow,
+    FlowStore, LabelHistoryRow, NamespaceRow, PodIsolationRow, PodRow, PolicyHistoryRow,
+    PolicyRow,
 };
 
-use crate::cluster::history::{Change, History, ObjectChange};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::cluster::history::{History, ObjectChange, pod_ips};
 
 use crate::metrics::Metrics;
 
@@ -69,6 +72,37 @@ pub fn policy_rows(cluster: &Cluster) -> Vec<PolicyRow> {
         .collect()
 }
 
+/// `pod_isolation`: per pod, whether a NetworkPolicy isolates it in each
+/// direction, and which policies select it. hostNetwork pods are left out:
+/// no NetworkPolicy can select them.
+pub fn pod_isolation_rows(cluster: &Cluster) -> Vec<PodIsolationRow> {
+    let mut selecting: Vec<Vec<String>> = vec![Vec::new(); cluster.pod_count()];
+    for (id, policy) in cluster.policies() {
+        for pod in cluster.selected_pods(id) {
+            if let Some(keys) = selecting.get_mut(pod.0 as usize) {
+                keys.push(policy.key());
+            }
+        }
+    }
+    cluster
+        .pods()
+        .filter(|(_, p)| p.selectable())
+        .map(|(id, p)| {
+            let mut policies = std::mem::take(&mut selecting[id.0 as usize]);
+            policies.sort();
+            PodIsolationRow {
+                namespace: p.namespace.clone(),
+                pod: p.name.clone(),
+                ingress_isolated: !cluster
+                    .isolating_policies(id, Direction::Ingress)
+                    .is_empty(),
+                egress_isolated: !cluster.isolating_policies(id, Direction::Egress).is_empty(),
+                policies,
+            }
+        })
+        .collect()
+}
+
 /// `policy_history`: every NetworkPolicy change, with the YAML before and after.
 pub fn policy_history_rows(history: &History) -> Vec<PolicyHistoryRow> {
     let yaml = |p: &Option<Box<k8s_openapi::api::networking::v1::NetworkPolicy>>| {
@@ -98,60 +132,54 @@ pub fn policy_history_rows(history: &History) -> Vec<PolicyHistoryRow> {
         .collect()
 }
 
-/// `label_history`: Pods and Namespaces whose labels changed (created and
-/// deleted ones included); a pod that only changed address is left out.
+/// `label_history`: Pods whose labels or addresses changed and Namespaces
+/// whose labels changed (created and deleted ones included).
 pub fn label_history_rows(history: &History) -> Vec<LabelHistoryRow> {
     let json = |l: Option<&std::collections::BTreeMap<String, String>>| {
         l.map(|l| serde_json::to_string(l).unwrap_or_else(|_| "{}".to_owned()))
     };
-    let row = |c: &Change, kind, namespace: &str, name: &str, before, after| LabelHistoryRow {
-        time_ns: c.time_ns,
-        generation: c.generation,
-        kind,
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        before_labels: before,
-        after_labels: after,
-    };
-    let pod_labels =
-        |p: &k8s_openapi::api::core::v1::Pod| p.metadata.labels.clone().unwrap_or_default();
     history
         .changes()
         .iter()
-        .filter_map(|c| match &c.object {
-            ObjectChange::Namespace {
-                name,
-                before,
-                after,
-            } => Some(row(
-                c,
-                "Namespace",
-                name,
-                name,
-                json(before.as_ref()),
-                json(after.as_ref()),
-            )),
-            ObjectChange::Pod {
-                namespace,
-                name,
-                before,
-                after,
-            } => {
-                let before = before.as_deref().map(pod_labels);
-                let after = after.as_deref().map(pod_labels);
-                let same = before.is_some() && after.is_some() && before == after;
-                (!same).then(|| {
-                    row(
-                        c,
-                        "Pod",
-                        namespace,
-                        name,
-                        json(before.as_ref()),
-                        json(after.as_ref()),
-                    )
-                })
+        .filter_map(|c| {
+            let row = |kind, namespace: &str, name: &str| LabelHistoryRow {
+                time_ns: c.time_ns,
+                generation: c.generation,
+                kind,
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                before_labels: None,
+                after_labels: None,
+                before_ips: None,
+                after_ips: None,
+            };
+            match &c.object {
+                ObjectChange::Namespace {
+                    name,
+                    before,
+                    after,
+                } => Some(LabelHistoryRow {
+                    before_labels: json(before.as_ref()),
+                    after_labels: json(after.as_ref()),
+                    ..row("Namespace", name, name)
+                }),
+                ObjectChange::Pod {
+                    namespace,
+                    name,
+                    before,
+                    after,
+                } => {
+                    let labels = |p: &Pod| json(Some(&p.metadata.labels.clone().unwrap_or_default()));
+                    Some(LabelHistoryRow {
+                        before_labels: before.as_deref().and_then(labels),
+                        after_labels: after.as_deref().and_then(labels),
+                        before_ips: before.as_deref().map(pod_ips),
+                        after_ips: after.as_deref().map(pod_ips),
+                        ..row("Pod", namespace, name)
+                    })
+                }
+                ObjectChange::NetworkPolicy { .. } => None,
             }
-            ObjectChange::NetworkPolicy { .. } => None,
         })
         .collect()
 }

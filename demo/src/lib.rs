@@ -9,8 +9,10 @@
 //! enforced by nftables rules compiled from the same engine model
 //! ([`nft::compile`]), and exercised by [`traffic`] (servers in every pod and
 //! external address, clients generating TCP, UDP and ICMP); [`run::Demo`]
-//! adds the real collector and probe and keeps traffic flowing.
+//! adds the real collector and probe and keeps traffic flowing, and applies
+//! the scenario's policy `changes` on time ([`changes::Schedule`]).
 
+pub mod changes;
 mod error;
 pub mod nft;
 pub mod run;

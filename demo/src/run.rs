@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use flowgate_proto::DEFAULT_GRPC_PORT;
 
 use crate::DemoError;
+use crate::changes::{Schedule, write_cluster};
 use crate::nft::{self, Enforcement};
 use crate::scenario::Placed;
 use crate::topology::{self, NODE_NS, Topology, UPLINK_HOST_IP, UPLINK_NODE_IP};
@@ -70,6 +71,10 @@ pub struct Demo {
     topology: Option<Topology>,
     workdir: PathBuf,
     http_addr: SocketAddr,
+    enforcement: Enforcement,
+    /// The scenario's `changes`, timed from the start of traffic.
+    schedule: Schedule,
+    started: Instant,
 }
 
 impl std::fmt::Debug for Demo {
@@ -101,26 +106,21 @@ impl Demo {
             collector: None,
             servers: None,
             topology: None,
+            schedule: Schedule::new(workdir.join("cluster")),
             workdir,
             http_addr: config.http_listen,
+            enforcement: config.enforcement,
+            started: Instant::now(),
         };
         let placed = demo.placed.clone();
 
         let mut topo = Topology::build(&placed)?;
         topo.add_uplink()?;
-        let link_of = |id| {
-            placed
-                .pods
-                .iter()
-                .position(|p| placed.cluster.find_pod(&p.spec.namespace, &p.spec.name) == Some(id))
-        };
-        topo.load_nft(&nft::compile(&placed.cluster, config.enforcement, &link_of))?;
+        topo.load_nft(&ruleset(&placed, &placed.cluster, config.enforcement))?;
         demo.topology = Some(topo);
         demo.servers = Some(Servers::start(&placed)?);
 
-        let cluster_file = demo.workdir.join("cluster/cluster.yaml");
-        std::fs::write(&cluster_file, &placed.cluster_yaml)
-            .map_err(DemoError::io(format!("writing {}", cluster_file.display())))?;
+        write_cluster(&demo.workdir.join("cluster"), &placed.cluster_yaml)?;
         let data_dir = config
             .data_dir
             .clone()
@@ -200,7 +200,22 @@ impl Demo {
                 .spawn(move || generate(&placed, &stop, &stats, interval))
                 .map_err(DemoError::io("spawning the traffic generator"))?,
         );
+        demo.started = Instant::now();
         Ok(demo)
+    }
+
+    /// Applies the scenario's changes that are due: the collector sees the
+    /// new cluster file, and nftables enforces the new policies. Returns
+    /// what changed.
+    pub fn apply_due_changes(&mut self) -> Result<Vec<String>, DemoError> {
+        let placed = self.placed.clone();
+        let due = self.schedule.apply_due(&placed, self.started.elapsed())?;
+        for stage in &due {
+            if let Some(topo) = &self.topology {
+                topo.load_nft(&ruleset(&placed, &stage.cluster, self.enforcement))?;
+            }
+        }
+        Ok(due.iter().map(|s| s.description.clone()).collect())
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -256,6 +271,18 @@ impl Drop for Demo {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The nftables ruleset enforcing `cluster` (the scenario's, or one of its
+/// stages') on the demo's pod links.
+fn ruleset(placed: &Placed, cluster: &flowgate_policy::Cluster, enforcement: Enforcement) -> String {
+    let link_of = |id| {
+        placed
+            .pods
+            .iter()
+            .position(|p| cluster.find_pod(&p.spec.namespace, &p.spec.name) == Some(id))
+    };
+    nft::compile(cluster, enforcement, &link_of)
 }
 
 /// Work directories are `$TMPDIR/flowgate-demo-<pid>`.

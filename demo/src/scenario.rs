@@ -34,6 +34,49 @@ pub struct Scenario {
     pub policies: Vec<Value>,
     #[serde(default)]
     pub traffic: Vec<TrafficSpec>,
+    /// Policy edits while the demo runs, to watch history and blame at work.
+    #[serde(default)]
+    pub changes: Vec<ChangeSpec>,
+}
+
+/// One edit of the policies, `after` the demo started: a NetworkPolicy
+/// created or replaced (`apply`, matched by namespace and name), or one
+/// deleted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChangeSpec {
+    /// Time since the start, e.g. `20s` or `1m30s`.
+    pub after: String,
+    /// A NetworkPolicy, exactly as `kubectl apply` takes it.
+    #[serde(default)]
+    pub apply: Option<Value>,
+    /// The NetworkPolicy to delete.
+    #[serde(default)]
+    pub delete: Option<PolicyName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The cluster after one of the scenario's `changes`.
+#[derive(Debug)]
+pub struct Stage {
+    /// When it takes effect, from the start of the demo.
+    pub after: std::time::Duration,
+    /// What changed, e.g. `prod/allow-same-namespace modified`.
+    pub description: String,
+    pub cluster_yaml: String,
+    pub cluster: Cluster,
 }
 
 fn default_pod_cidr() -> Ipv4Net {
@@ -146,6 +189,8 @@ pub struct Placed {
     /// The cluster as Kubernetes YAML (namespaces, pods, policies).
     pub cluster_yaml: String,
     pub cluster: Cluster,
+    /// The cluster after each of the scenario's `changes`, in time order.
+    pub stages: Vec<Stage>,
 }
 
 /// The node every demo pod runs on.
@@ -269,12 +314,9 @@ impl Scenario {
                 port,
             });
         }
-        let cluster_yaml = cluster_yaml(&self, &pods, node_ip)?;
-        let mut objects = ClusterObjects::default();
-        objects
-            .parse_yaml("scenario", &cluster_yaml)
-            .map_err(|e| DemoError::Policy(e.to_string()))?;
-        let cluster = Cluster::build(&objects, 1).map_err(|e| DemoError::Policy(e.to_string()))?;
+        let cluster_yaml = cluster_yaml(&self, &self.policies, &pods, node_ip)?;
+        let cluster = compile("scenario", &cluster_yaml, 1)?;
+        let stages = stages(&self, &pods, node_ip)?;
         Ok(Placed {
             scenario: self,
             node_ip,
@@ -282,8 +324,85 @@ impl Scenario {
             flows,
             cluster_yaml,
             cluster,
+            stages,
         })
     }
+}
+
+fn compile(source: &str, cluster_yaml: &str, generation: u64) -> Result<Cluster, DemoError> {
+    let mut objects = ClusterObjects::default();
+    objects
+        .parse_yaml(source, cluster_yaml)
+        .map_err(|e| DemoError::Policy(e.to_string()))?;
+    Cluster::build(&objects, generation).map_err(|e| DemoError::Policy(e.to_string()))
+}
+
+/// `namespace/name` of a NetworkPolicy object.
+fn policy_name(policy: &Value) -> Option<PolicyName> {
+    let meta = policy.get("metadata")?;
+    Some(PolicyName {
+        namespace: meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_owned(),
+        name: meta.get("name")?.as_str()?.to_owned(),
+    })
+}
+
+/// The cluster after each change, in time order; each is checked now, so
+/// a bad change fails before anything is built.
+fn stages(s: &Scenario, pods: &[PlacedPod], node_ip: Ipv4Addr) -> Result<Vec<Stage>, DemoError> {
+    let mut changes: Vec<(std::time::Duration, usize, &ChangeSpec)> = Vec::new();
+    for (i, c) in s.changes.iter().enumerate() {
+        let after = crate::run::parse_duration(&c.after)
+            .map_err(|e| DemoError::InvalidScenario(format!("changes[{i}].after: {e}")))?;
+        changes.push((after, i, c));
+    }
+    changes.sort_by_key(|(after, i, _)| (*after, *i));
+    let mut policies = s.policies.clone();
+    let mut out = Vec::new();
+    for (after, i, change) in changes {
+        let invalid = |m: String| DemoError::InvalidScenario(format!("changes[{i}]: {m}"));
+        let description = match (&change.apply, &change.delete) {
+            (Some(policy), None) => {
+                if policy.get("kind").and_then(Value::as_str) != Some("NetworkPolicy") {
+                    return Err(invalid("`apply` takes a NetworkPolicy".into()));
+                }
+                let name = policy_name(policy)
+                    .ok_or_else(|| invalid("the NetworkPolicy has no metadata.name".into()))?;
+                match policies.iter().position(|p| policy_name(p).as_ref() == Some(&name)) {
+                    Some(at) => {
+                        policies[at] = policy.clone();
+                        format!("{name} modified")
+                    }
+                    None => {
+                        policies.push(policy.clone());
+                        format!("{name} created")
+                    }
+                }
+            }
+            (None, Some(name)) => {
+                let at = policies
+                    .iter()
+                    .position(|p| policy_name(p).as_ref() == Some(name))
+                    .ok_or_else(|| invalid(format!("deletes {name}, which does not exist then")))?;
+                policies.remove(at);
+                format!("{name} deleted")
+            }
+            _ => return Err(invalid("give exactly one of `apply` and `delete`".into())),
+        };
+        let cluster_yaml = cluster_yaml(s, &policies, pods, node_ip)?;
+        let cluster = compile(&format!("changes[{i}]"), &cluster_yaml, 1)
+            .map_err(|e| invalid(e.to_string()))?;
+        out.push(Stage {
+            after,
+            description,
+            cluster_yaml,
+            cluster,
+        });
+    }
+    Ok(out)
 }
 
 fn parse_protocol(text: &str) -> Result<Protocol, DemoError> {
@@ -297,7 +416,12 @@ fn parse_protocol(text: &str) -> Result<Protocol, DemoError> {
 }
 
 /// The scenario's cluster as multi-document Kubernetes YAML.
-fn cluster_yaml(s: &Scenario, pods: &[PlacedPod], node_ip: Ipv4Addr) -> Result<String, DemoError> {
+fn cluster_yaml(
+    s: &Scenario,
+    policies: &[Value],
+    pods: &[PlacedPod],
+    node_ip: Ipv4Addr,
+) -> Result<String, DemoError> {
     let mut docs: Vec<Value> = Vec::new();
     for ns in &s.namespaces {
         let mut labels = ns.labels.clone();
@@ -337,7 +461,7 @@ fn cluster_yaml(s: &Scenario, pods: &[PlacedPod], node_ip: Ipv4Addr) -> Result<S
             "status": {"phase": "Running", "podIP": p.ip.to_string(), "podIPs": [{"ip": p.ip.to_string()}], "hostIP": node_ip.to_string()}
         }));
     }
-    docs.extend(s.policies.iter().cloned());
+    docs.extend(policies.iter().cloned());
     let mut out = String::new();
     for d in docs {
         out.push_str("---\n");

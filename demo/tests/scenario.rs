@@ -2,6 +2,7 @@
 //! ways; invalid files fail with an error naming the problem.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Result;
 use flowgate_demo::nft::Enforcement;
@@ -206,5 +207,129 @@ fn tiers_scenario_exercises_every_tier_rule_in_order() -> Result<()> {
     let without = flowgate_demo::nft::compile(c, "without:adminTier".parse()?, &link_of);
     assert!(!without.contains("admin/"), "{without}");
     assert!(without.contains("baseline/dev-egress"), "{without}");
+    Ok(())
+}
+
+/// The default scenario's `changes`: in time order, each a whole cluster
+/// the engine compiles; the first breaks frontend → backend, the second
+/// mends it.
+#[test]
+fn default_scenario_changes_break_and_mend_a_connection() -> Result<()> {
+    let placed = load("../examples/default-scenario.yaml")?;
+    let stages: Vec<(u64, &str)> = placed
+        .stages
+        .iter()
+        .map(|s| (s.after.as_secs(), s.description.as_str()))
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            (60, "prod/allow-same-namespace modified"),
+            (120, "prod/allow-same-namespace modified")
+        ]
+    );
+    let frontend_backend = placed
+        .flows
+        .iter()
+        .position(|f| {
+            placed.pod_name(f.from) == "prod/frontend"
+                && f.to == flowgate_demo::scenario::Target::Pod(1)
+                && f.port == 8080
+        })
+        .expect("frontend -> backend 8080 in the traffic");
+    let flow = placed.flows[frontend_backend];
+    let verdict = |cluster: &flowgate_policy::Cluster| {
+        let src = cluster.endpoint_for_ip(std::net::IpAddr::V4(placed.pods[flow.from].ip));
+        let dst = cluster.endpoint_for_ip(std::net::IpAddr::V4(placed.target_ip(flow.to)));
+        cluster.verdict(&src, &dst, flow.port, flow.protocol).allowed
+    };
+    assert!(verdict(&placed.cluster));
+    assert!(!verdict(&placed.stages[0].cluster));
+    assert!(verdict(&placed.stages[1].cluster));
+    assert!(placed.stages[0].cluster_yaml.contains("app: backend"));
+    Ok(())
+}
+
+const BASE: &str = r#"
+namespaces: [{name: a}]
+pods: [{name: web, namespace: a}]
+policies:
+  - {apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: deny, namespace: a}, spec: {podSelector: {}}}
+"#;
+
+#[test]
+fn invalid_changes_name_the_change_and_the_problem() {
+    for (changes, needle) in [
+        (
+            "changes: [{after: 5s, delete: {namespace: a, name: nope}}]",
+            "changes[0]: deletes a/nope, which does not exist then",
+        ),
+        (
+            "changes: [{after: 5s}]",
+            "changes[0]: give exactly one of `apply` and `delete`",
+        ),
+        (
+            "changes: [{after: soon, delete: {namespace: a, name: deny}}]",
+            "changes[0].after: invalid duration",
+        ),
+        (
+            "changes: [{after: 5s, apply: {kind: Pod, metadata: {name: x}}}]",
+            "changes[0]: `apply` takes a NetworkPolicy",
+        ),
+        // Deleted at 5s, so the delete at 9s (listed first) finds nothing.
+        (
+            "changes: [{after: 9s, delete: {namespace: a, name: deny}}, {after: 5s, delete: {namespace: a, name: deny}}]",
+            "changes[0]: deletes a/deny",
+        ),
+        (
+            "changes: [{after: 5s, apply: {apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: bad, namespace: a}, spec: {podSelector: {}, ingress: [{ports: [{port: 9, endPort: 1}]}]}}}]",
+            "changes[0]",
+        ),
+    ] {
+        let yaml = format!("{BASE}{changes}\n");
+        let err = Scenario::from_yaml("test", &yaml)
+            .and_then(Scenario::place)
+            .expect_err(changes);
+        assert!(
+            err.to_string().contains(needle),
+            "{changes}: {err} does not name {needle:?}"
+        );
+    }
+}
+
+/// A schedule writes each due stage's cluster once, in order, by rename.
+#[test]
+fn the_schedule_applies_each_stage_once_when_due() -> Result<()> {
+    let yaml = format!(
+        "{BASE}changes: [{{after: 10s, delete: {{namespace: a, name: deny}}}}, {{after: 20s, apply: {{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {{name: deny, namespace: a}}, spec: {{podSelector: {{}}}}}}}}]\n"
+    );
+    let placed = Scenario::from_yaml("test", &yaml)?.place()?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join(flowgate_demo::changes::CLUSTER_FILE);
+    flowgate_demo::changes::write_cluster(dir.path(), &placed.cluster_yaml)?;
+    let mut schedule = flowgate_demo::changes::Schedule::new(dir.path().to_path_buf());
+    let applied = |s: Vec<&flowgate_demo::scenario::Stage>| {
+        s.iter().map(|s| s.description.clone()).collect::<Vec<_>>()
+    };
+    assert!(schedule.apply_due(&placed, Duration::from_secs(9))?.is_empty());
+    assert!(std::fs::read_to_string(&file)?.contains("name: deny"));
+    assert_eq!(
+        applied(schedule.apply_due(&placed, Duration::from_secs(10))?),
+        ["a/deny deleted"]
+    );
+    assert!(!std::fs::read_to_string(&file)?.contains("NetworkPolicy"));
+    assert!(schedule.apply_due(&placed, Duration::from_secs(15))?.is_empty());
+    assert!(!schedule.done(&placed));
+    assert_eq!(
+        applied(schedule.apply_due(&placed, Duration::from_secs(60))?),
+        ["a/deny created"]
+    );
+    assert!(schedule.done(&placed));
+    assert!(std::fs::read_to_string(&file)?.contains("name: deny"));
+    // Only the cluster file is left: the collector never sees a temporary.
+    let names: Vec<_> = std::fs::read_dir(dir.path())?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(names, [std::ffi::OsString::from("cluster.yaml")]);
     Ok(())
 }

@@ -24,6 +24,7 @@ use datafusion::prelude::col;
 use futures::StreamExt;
 
 use crate::connections::ConnectionsTable;
+use crate::coverage::{PodIsolationRow, RuleHitsTable, pod_isolation_batch};
 use crate::format::QueryResult;
 use crate::observed::DistinctConnection;
 use crate::provider::FlowsTable;
@@ -112,7 +113,8 @@ pub struct PolicyHistoryRow {
     pub after_yaml: Option<String>,
 }
 
-/// One row of `label_history`: a Pod's or Namespace's labels changed.
+/// One row of `label_history`: a Pod's labels or addresses, or a
+/// Namespace's labels, changed.
 pub struct LabelHistoryRow {
     pub time_ns: i64,
     pub generation: u64,
@@ -124,6 +126,9 @@ pub struct LabelHistoryRow {
     /// JSON object text; NULL when the object did not exist.
     pub before_labels: Option<String>,
     pub after_labels: Option<String>,
+    /// A pod's addresses; NULL for a Namespace or a pod that did not exist.
+    pub before_ips: Option<Vec<String>>,
+    pub after_ips: Option<Vec<String>>,
 }
 
 fn history_head() -> Vec<Field> {
@@ -179,6 +184,8 @@ fn label_history_batch(rows: &[LabelHistoryRow]) -> (SchemaRef, RecordBatch) {
         utf8("name", false),
         utf8("before_labels", true),
         utf8("after_labels", true),
+        nullable_list_field("before_ips"),
+        nullable_list_field("after_ips"),
     ]);
     let schema = Arc::new(Schema::new(fields));
     let mut cols = history_head_columns(rows.iter().map(|r| (r.time_ns, r.generation)));
@@ -188,6 +195,8 @@ fn label_history_batch(rows: &[LabelHistoryRow]) -> (SchemaRef, RecordBatch) {
         str_array(rows.iter().map(|r| Some(r.name.as_str()))),
         str_array(rows.iter().map(|r| r.before_labels.as_deref())),
         str_array(rows.iter().map(|r| r.after_labels.as_deref())),
+        nullable_list_array(rows.iter().map(|r| r.before_ips.as_ref())),
+        nullable_list_array(rows.iter().map(|r| r.after_ips.as_ref())),
     ]);
     (
         schema.clone(),
@@ -200,13 +209,14 @@ fn label_history_batch(rows: &[LabelHistoryRow]) -> (SchemaRef, RecordBatch) {
 pub struct QueryEngine {
     ctx: SessionContext,
     limits: QueryLimits,
+    rule_hits: Arc<RuleHitsTable>,
 }
 
 fn utf8(n: &str, nullable: bool) -> Field {
     Field::new(n, DataType::Utf8, nullable)
 }
 
-fn list_field(n: &str) -> Field {
+pub(crate) fn list_field(n: &str) -> Field {
     Field::new(
         n,
         DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
@@ -214,13 +224,32 @@ fn list_field(n: &str) -> Field {
     )
 }
 
-fn list_array<'a>(rows: impl Iterator<Item = &'a Vec<String>>) -> ArrayRef {
+pub(crate) fn list_array<'a>(rows: impl Iterator<Item = &'a Vec<String>>) -> ArrayRef {
     let mut b = ListBuilder::new(StringBuilder::new());
     for r in rows {
         for v in r {
             b.values().append_value(v);
         }
         b.append(true);
+    }
+    Arc::new(b.finish())
+}
+
+fn nullable_list_field(n: &str) -> Field {
+    Field::new(
+        n,
+        DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        true,
+    )
+}
+
+fn nullable_list_array<'a>(rows: impl Iterator<Item = Option<&'a Vec<String>>>) -> ArrayRef {
+    let mut b = ListBuilder::new(StringBuilder::new());
+    for r in rows {
+        for v in r.into_iter().flatten() {
+            b.values().append_value(v);
+        }
+        b.append(r.is_some());
     }
     Arc::new(b.finish())
 }
@@ -315,21 +344,37 @@ impl QueryEngine {
         let flows: Arc<dyn TableProvider> = Arc::new(FlowsTable { store });
         ctx.register_table("flows", flows.clone())?;
         let flows_ctx = SessionContext::new();
-        flows_ctx.register_table("flows", flows)?;
-        ctx.register_table("connections", Arc::new(ConnectionsTable::new(flows_ctx)?))?;
-        let engine = QueryEngine { ctx, limits };
+        flows_ctx.register_table("flows", flows.clone())?;
+        ctx.register_table(
+            "connections",
+            Arc::new(ConnectionsTable::new(flows_ctx)?),
+        )?;
+        let rules_ctx = SessionContext::new();
+        rules_ctx.register_table("flows", flows)?;
+        let rule_hits = Arc::new(RuleHitsTable::new(rules_ctx)?);
+        ctx.register_table("rule_hits", rule_hits.clone())?;
+        let engine = QueryEngine {
+            ctx,
+            limits,
+            rule_hits,
+        };
         engine.set_cluster_tables(Vec::new(), Vec::new(), Vec::new());
+        engine.set_pod_isolation(&[]);
         engine.set_history_tables(&[], &[]);
         Ok(engine)
     }
 
-    /// Replaces the `pods`, `namespaces` and `policies` tables.
+    /// Replaces the `pods`, `namespaces` and `policies` tables, and the
+    /// rules `rule_hits` lists.
     pub fn set_cluster_tables(
         &self,
         pods: Vec<PodRow>,
         namespaces: Vec<NamespaceRow>,
         policies: Vec<PolicyRow>,
     ) {
+        self.rule_hits
+            .set_rules(&policies)
+            .expect("an in-memory table registers");
         for (name, (schema, batch)) in [
             ("pods", pods_batch(&pods)),
             ("namespaces", namespaces_batch(&namespaces)),
@@ -337,6 +382,12 @@ impl QueryEngine {
         ] {
             self.replace_table(name, schema, batch);
         }
+    }
+
+    /// Replaces the `pod_isolation` table.
+    pub fn set_pod_isolation(&self, rows: &[PodIsolationRow]) {
+        let (schema, batch) = pod_isolation_batch(rows);
+        self.replace_table("pod_isolation", schema, batch);
     }
 
     /// Replaces the `policy_history` and `label_history` tables.

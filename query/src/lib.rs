@@ -6,11 +6,14 @@
 //! partitioned by time and empties the log; retention deletes whole
 //! partitions by age and by size. [`QueryEngine`] runs read-only,
 //! sandboxed DataFusion SQL over `flows` (memory and Parquet as one table,
-//! time filters pruning partitions first) and the `pods`, `namespaces` and
-//! `policies` tables the collector keeps current, and returns JSON, CSV or
+//! time filters pruning partitions first), `connections` and `rule_hits`
+//! over it, and the cluster tables the collector keeps current (`pods`,
+//! `namespaces`, `policies`, `pod_isolation`, `policy_history`,
+//! `label_history`), and returns JSON, CSV or
 //! Arrow IPC ([`QueryResult`]).
 
 mod connections;
+mod coverage;
 mod delivered;
 mod engine;
 pub mod filter;
@@ -27,6 +30,7 @@ pub use engine::{
     LabelHistoryRow, NamespaceRow, PodRow, PolicyHistoryRow, PolicyRow, QueryEngine, QueryError,
     QueryLimits,
 };
+pub use coverage::PodIsolationRow;
 pub use format::QueryResult;
 pub use manifest::ManifestError;
 pub use model::{

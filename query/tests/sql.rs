@@ -7,7 +7,8 @@ mod support;
 use std::time::Duration;
 
 use flowgate_query::{
-    FlowStore, NamespaceRow, PodRow, PolicyRow, QueryEngine, QueryError, QueryLimits, StoreConfig,
+    Direction, FlowStore, NamespaceRow, PodIsolationRow, PodRow, PolicyRow, QueryEngine,
+    QueryError, QueryLimits, StoreConfig,
 };
 use serde_json::{Value, json};
 use support::{HOUR_NS, fixture_rows};
@@ -172,6 +173,102 @@ fn group_by_and_joins_with_cluster_tables() {
         "SELECT workload FROM pods WHERE array_has(ips, '10.0.0.2')",
     );
     assert_eq!(v["rows"], json!([{"workload": "api"}]));
+}
+
+fn policy(name: &str, ingress_rules: u32, egress_rules: u32) -> PolicyRow {
+    PolicyRow {
+        namespace: "shop".into(),
+        name: name.into(),
+        pod_selector: "<all>".into(),
+        policy_types: vec!["Ingress".into(), "Egress".into()],
+        ingress_rules,
+        egress_rules,
+        selected_pods: vec![],
+        yaml: String::new(),
+    }
+}
+
+/// `rule_hits` lists every rule of the current policies, with the
+/// connections and flows it admitted (none for a rule that never fired);
+/// a rule of a deleted policy leaves with its policy.
+#[test]
+fn rule_hits_counts_connections_and_flows_per_rule_of_the_current_policies() {
+    let f = fixture(QueryLimits::default());
+    // The destination's egress report of the first connection: one more
+    // flow, the same connection.
+    let mut reply = fixture_rows()[0].clone();
+    reply.direction = Direction::Egress;
+    reply.last_seen += 5_000;
+    f.store.append(&[reply]).unwrap();
+    let hits = |f: &Fixture| {
+        query(
+            f,
+            "SELECT policy, direction, rule_index, connections, flows, \
+             CAST(first_hit AS BIGINT) AS first, CAST(last_hit AS BIGINT) AS last \
+             FROM rule_hits ORDER BY policy, direction, rule_index",
+        )["rows"]
+            .clone()
+    };
+    f.engine.set_cluster_tables(
+        vec![],
+        vec![],
+        vec![policy("api-from-web", 1, 0), policy("db-from-api", 2, 1)],
+    );
+    let first = fixture_rows()[0].time;
+    assert_eq!(
+        hits(&f),
+        json!([
+            {"policy": "api-from-web", "direction": "ingress", "rule_index": 0, "connections": 1, "flows": 2,
+             "first": first, "last": first + 6_000},
+            {"policy": "db-from-api", "direction": "egress", "rule_index": 0, "connections": 0, "flows": 0,
+             "first": null, "last": null},
+            {"policy": "db-from-api", "direction": "ingress", "rule_index": 0, "connections": 1, "flows": 1,
+             "first": 1764032760000000000_i64, "last": 1764032760000001000_i64},
+            {"policy": "db-from-api", "direction": "ingress", "rule_index": 1, "connections": 0, "flows": 0,
+             "first": null, "last": null},
+        ])
+    );
+    f.engine
+        .set_cluster_tables(vec![], vec![], vec![policy("db-from-api", 0, 1)]);
+    assert_eq!(
+        hits(&f),
+        json!([{"policy": "db-from-api", "direction": "egress", "rule_index": 0, "connections": 0, "flows": 0,
+                "first": null, "last": null}])
+    );
+}
+
+#[test]
+fn pod_isolation_lists_pods_and_the_policies_selecting_them() {
+    let f = fixture(QueryLimits::default());
+    f.engine.set_pod_isolation(&[
+        PodIsolationRow {
+            namespace: "shop".into(),
+            pod: "api-1".into(),
+            ingress_isolated: true,
+            egress_isolated: false,
+            policies: vec!["shop/default-deny".into()],
+        },
+        PodIsolationRow {
+            namespace: "shop".into(),
+            pod: "web-1".into(),
+            ingress_isolated: false,
+            egress_isolated: false,
+            policies: vec![],
+        },
+    ]);
+    let v = query(
+        &f,
+        "SELECT namespace, pod, policies FROM pod_isolation WHERE NOT ingress_isolated",
+    );
+    assert_eq!(
+        v["rows"],
+        json!([{"namespace": "shop", "pod": "web-1", "policies": []}])
+    );
+    let v = query(
+        &f,
+        "SELECT pod FROM pod_isolation WHERE array_has(policies, 'shop/default-deny')",
+    );
+    assert_eq!(v["rows"], json!([{"pod": "api-1"}]));
 }
 
 #[test]

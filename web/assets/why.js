@@ -2,8 +2,9 @@
 // direction the tier that decided (Admin, NetworkPolicy, Baseline), the walk
 // through the cluster tiers with the rule that decided or passed and the
 // nearest miss, the isolating NetworkPolicies, the rules checked and their
-// nearest miss in words, the YAML of every policy involved, and the flows
-// seen for the pair. When the policies allow it and the flows show it failed
+// nearest miss in words, the YAML of every policy involved, the flows seen
+// for the pair, and its history: each flip of the verdict with the changes
+// that caused it. When the policies allow it and the flows show it failed
 // for another reason (nothing listening, routing, conntrack), that comes
 // first: most "blocked" connections are not a policy problem.
 
@@ -113,6 +114,7 @@ async function explain(result, params, ctx) {
         ? null
         : h("p", { class: "muted" }, "No policy applies to either end: nothing is isolated, everything is allowed."),
     ),
+    history(params),
     h("section", {}, h("h3", {}, `Flows seen for this connection (${answer.flows.length})`), observed(answer.flows)),
   );
 }
@@ -128,6 +130,48 @@ function notPolicy(np) {
     h("p", { class: "summary" }, np.message),
     h("p", { class: "muted" }, `observed: ${seen}${np.time ? ` at ${fmtTime(np.time)}` : ""}`),
   );
+}
+
+/** The "History" section: filled when the blame answer arrives, so the
+ * explanation does not wait for it. */
+function history(params) {
+  const body = h("div", { class: "muted" }, "Reading the recorded history…");
+  const since = "7d";
+  api
+    .get("blame", { from: params.from, to: params.to, port: params.port, protocol: params.protocol || "TCP", since })
+    .then((answer) => fill(body, timeline(answer, since)))
+    // Part of the page only: say why here rather than in the error banner.
+    .catch((e) => fill(body, h("p", { class: "error-inline" }, e.message)));
+  return h("section", { id: "why-history" }, h("h3", {}, "History"), body);
+}
+
+function timeline(answer, since) {
+  const now = h("p", {}, "Verdict now: ", verdictBadge(answer.verdict_now));
+  if (!answer.changes.length) {
+    return [now, h("p", { class: "no-change" }, `No change: the verdict has not flipped in the last ${since} of recorded history.`)];
+  }
+  return [
+    now,
+    h(
+      "ol",
+      { class: "timeline" },
+      // Newest first, as a person reading "what broke this?" wants.
+      [...answer.changes].reverse().map((c) =>
+        h(
+          "li",
+          { class: `flip ${c.after}`, dataset: { generation: String(c.generation) } },
+          h("div", { class: "flip-head" }, h("span", { class: "mono" }, fmtTime(c.time)), ` generation ${c.generation}: `, verdictBadge(c.before), " → ", verdictBadge(c.after)),
+          h(
+            "ul",
+            { class: "causes" },
+            c.causes.map((k) =>
+              h("li", { class: "cause" }, h("b", {}, `${k.kind} ${k.namespace}/${k.name} ${k.change}`), h("div", { class: "detail" }, k.detail)),
+            ),
+          ),
+        ),
+      ),
+    ),
+  ];
 }
 
 function name(end) {

@@ -8,10 +8,14 @@
 // (`flowgate replay`) while the flows page is open and waits for it to
 // appear without a reload.
 //
+// With FLOWGATE_TEST_CLUSTER_FILE (the collector's --cluster file, a copy),
+// the History step edits a policy in it and watches the Why-blocked page
+// name the edit.
+//
 // Each step prints its name; the first failure exits 1 with the reason.
 
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -358,6 +362,40 @@ try {
     await summary.waitFor();
     check((await summary.getAttribute("data-denied")) === "0", `applied, the advice breaks: ${await summary.innerText()}`);
   });
+
+  const clusterFile = process.env.FLOWGATE_TEST_CLUSTER_FILE;
+  if (clusterFile) {
+    await step("the Why-blocked page's History names the policy edit that broke a connection", async () => {
+      const why = `#/why?from=${encodeURIComponent(FRONTEND)}&to=${encodeURIComponent(BACKEND)}&port=8080&protocol=TCP`;
+      await go(why);
+      const history = page.locator("#why-history");
+      await history.locator(".no-change").waitFor();
+      check((await history.innerText()).includes("allowed"), "the verdict now is not shown");
+      // The edit: prod's pods now accept only the backend.
+      const before = readFileSync(clusterFile, "utf8");
+      const from = "ingress: [{from: [{podSelector: {}}]}]";
+      check(before.includes(from), "the fixture's allow-same-namespace rule changed: update this test");
+      writeFileSync(clusterFile, before.replace(from, "ingress: [{from: [{podSelector: {matchLabels: {app: backend}}}]}]"));
+      // The collector checks its file every 200 ms; reload until it has.
+      const deadline = Date.now() + 20000;
+      for (;;) {
+        await go("#/flows");
+        await go(why);
+        await history.locator(".timeline, .no-change").first().waitFor();
+        if ((await history.locator(".timeline .flip").count()) > 0) break;
+        check(Date.now() < deadline, "the edit never reached the History section");
+        await page.waitForTimeout(200);
+      }
+      const flip = await history.locator(".timeline .flip").first().innerText();
+      check(/allowed\s*→\s*denied/.test(flip), `the flip is not allowed → denied: ${flip}`);
+      check(flip.includes("NetworkPolicy prod/allow-same-namespace modified"), `the cause is not named: ${flip}`);
+      check(flip.includes("ingress rule 0 lost the peer podSelector {} (all)") && flip.includes("gained the peer podSelector app=backend"), `the rule-level difference is not in words: ${flip}`);
+      const card = await page.locator(".verdict-card:not(.not-policy)").innerText();
+      check(card.includes("denied"), `the explanation does not judge under the edited policy: ${card}`);
+      await history.scrollIntoViewIfNeeded();
+      await shot("why-history");
+    });
+  }
 
   if (big) {
     await step(`${big.toLocaleString("en-US")} more flows scroll without putting them all in the page`, async () => {

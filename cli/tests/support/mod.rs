@@ -26,6 +26,11 @@ impl Collector {
     /// Starts it on free loopback ports with `cluster` and `data`, and waits
     /// until it has loaded the cluster (`/readyz`).
     pub fn start(cluster: &Path, data: &Path) -> Result<Collector> {
+        Self::start_with(cluster, data, &[])
+    }
+
+    /// [`Collector::start`] with more command-line arguments.
+    pub fn start_with(cluster: &Path, data: &Path, extra: &[&str]) -> Result<Collector> {
         let mut child = Command::new(FLOWGATE)
             .arg("collector")
             .arg("--cluster")
@@ -38,6 +43,7 @@ impl Collector {
             ])
             .arg("--data-dir")
             .arg(data)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()

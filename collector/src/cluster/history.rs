@@ -253,6 +253,11 @@ fn key(meta: &ObjectMeta) -> (String, String) {
 
 /// What a pod change is judged by: its labels and addresses.
 fn pod_identity(p: &Pod) -> (Option<&BTreeMap<String, String>>, Vec<String>) {
+    (p.metadata.labels.as_ref(), pod_ips(p))
+}
+
+/// A pod's addresses (`podIPs` and `podIP`), sorted, without repeats.
+pub fn pod_ips(p: &Pod) -> Vec<String> {
     let status = p.status.as_ref();
     let mut ips: Vec<String> = status
         .and_then(|s| s.pod_ips.as_ref())
@@ -261,7 +266,7 @@ fn pod_identity(p: &Pod) -> (Option<&BTreeMap<String, String>>, Vec<String>) {
     ips.extend(status.and_then(|s| s.pod_ip.clone()));
     ips.sort();
     ips.dedup();
-    (p.metadata.labels.as_ref(), ips)
+    ips
 }
 
 fn namespace_object(name: &str, labels: &BTreeMap<String, String>) -> Namespace {

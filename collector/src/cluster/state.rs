@@ -190,6 +190,7 @@ impl StateWriter {
         self.metrics
             .cluster_objects_invalid
             .set(errors.len() as i64);
+        self.metrics.set_policy_rules(&cluster);
         let holders = holders(inputs, &cluster);
         let retention = i64::try_from(self.tombstone_retention.as_nanos()).unwrap_or(i64::MAX);
         self.ips.observe(now_ns, &holders, retention, &cluster);
