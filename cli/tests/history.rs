@@ -255,11 +255,8 @@ fn explain_and_blame_send_the_api_token() -> Result<()> {
     let token_file = files.path().join("tokens");
     std::fs::write(&token_file, "s3cret\n")?;
     let token_path = token_file.to_str().unwrap_or_default();
-    let collector = Collector::start_with(
-        files.path(),
-        data.path(),
-        &["--api-token-file", token_path],
-    )?;
+    let collector =
+        Collector::start_with(files.path(), data.path(), &["--api-token-file", token_path])?;
     let http = collector.http.as_str();
     let ask = [
         "--collector-http",
@@ -283,7 +280,10 @@ fn explain_and_blame_send_the_api_token() -> Result<()> {
         let mut with_token = args.clone();
         with_token.extend_from_slice(&["--token", "s3cret"]);
         let out = succeed(&with_token)?;
-        ensure!(out.contains("ALLOWED") || out.contains("allowed now"), "{out}");
+        ensure!(
+            out.contains("ALLOWED") || out.contains("allowed now"),
+            "{out}"
+        );
         let mut with_file = args.clone();
         with_file.extend_from_slice(&["--token-file", token_path]);
         succeed(&with_file)?;
@@ -291,7 +291,10 @@ fn explain_and_blame_send_the_api_token() -> Result<()> {
             .args(&args)
             .env("FLOWGATE_API_TOKEN", "s3cret")
             .output()?;
-        ensure!(out.status.success(), "{command} with FLOWGATE_API_TOKEN: {out:?}");
+        ensure!(
+            out.status.success(),
+            "{command} with FLOWGATE_API_TOKEN: {out:?}"
+        );
     }
     Ok(())
 }
@@ -337,7 +340,11 @@ fn blame_names_the_demo_change_that_broke_a_connection() -> Result<()> {
             ),
         )
     };
-    ensure!(schedule.apply_due(&placed, Duration::from_secs(59))?.is_empty());
+    ensure!(
+        schedule
+            .apply_due(&placed, Duration::from_secs(59))?
+            .is_empty()
+    );
 
     let applied = schedule.apply_due(&placed, Duration::from_secs(60))?;
     ensure!(applied.len() == 1, "{applied:?}");

@@ -3,8 +3,7 @@
 
 use flowgate_policy::{Cluster, Direction};
 use flowgate_query::{
-    FlowStore, LabelHistoryRow, NamespaceRow, PodIsolationRow, PodRow, PolicyHistoryRow,
-    PolicyRow,
+    FlowStore, LabelHistoryRow, NamespaceRow, PodIsolationRow, PodRow, PolicyHistoryRow, PolicyRow,
 };
 
 use k8s_openapi::api::core::v1::Pod;
@@ -169,7 +168,8 @@ pub fn label_history_rows(history: &History) -> Vec<LabelHistoryRow> {
                     before,
                     after,
                 } => {
-                    let labels = |p: &Pod| json(Some(&p.metadata.labels.clone().unwrap_or_default()));
+                    let labels =
+                        |p: &Pod| json(Some(&p.metadata.labels.clone().unwrap_or_default()));
                     Some(LabelHistoryRow {
                         before_labels: before.as_deref().and_then(labels),
                         after_labels: after.as_deref().and_then(labels),

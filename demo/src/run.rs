@@ -275,7 +275,11 @@ impl Drop for Demo {
 
 /// The nftables ruleset enforcing `cluster` (the scenario's, or one of its
 /// stages') on the demo's pod links.
-fn ruleset(placed: &Placed, cluster: &flowgate_policy::Cluster, enforcement: Enforcement) -> String {
+fn ruleset(
+    placed: &Placed,
+    cluster: &flowgate_policy::Cluster,
+    enforcement: Enforcement,
+) -> String {
     let link_of = |id| {
         placed
             .pods

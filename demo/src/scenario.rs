@@ -371,7 +371,10 @@ fn stages(s: &Scenario, pods: &[PlacedPod], node_ip: Ipv4Addr) -> Result<Vec<Sta
                 }
                 let name = policy_name(policy)
                     .ok_or_else(|| invalid("the NetworkPolicy has no metadata.name".into()))?;
-                match policies.iter().position(|p| policy_name(p).as_ref() == Some(&name)) {
+                match policies
+                    .iter()
+                    .position(|p| policy_name(p).as_ref() == Some(&name))
+                {
                     Some(at) => {
                         policies[at] = policy.clone();
                         format!("{name} modified")

@@ -241,7 +241,9 @@ fn default_scenario_changes_break_and_mend_a_connection() -> Result<()> {
     let verdict = |cluster: &flowgate_policy::Cluster| {
         let src = cluster.endpoint_for_ip(std::net::IpAddr::V4(placed.pods[flow.from].ip));
         let dst = cluster.endpoint_for_ip(std::net::IpAddr::V4(placed.target_ip(flow.to)));
-        cluster.verdict(&src, &dst, flow.port, flow.protocol).allowed
+        cluster
+            .verdict(&src, &dst, flow.port, flow.protocol)
+            .allowed
     };
     assert!(verdict(&placed.cluster));
     assert!(!verdict(&placed.stages[0].cluster));
@@ -311,14 +313,22 @@ fn the_schedule_applies_each_stage_once_when_due() -> Result<()> {
     let applied = |s: Vec<&flowgate_demo::scenario::Stage>| {
         s.iter().map(|s| s.description.clone()).collect::<Vec<_>>()
     };
-    assert!(schedule.apply_due(&placed, Duration::from_secs(9))?.is_empty());
+    assert!(
+        schedule
+            .apply_due(&placed, Duration::from_secs(9))?
+            .is_empty()
+    );
     assert!(std::fs::read_to_string(&file)?.contains("name: deny"));
     assert_eq!(
         applied(schedule.apply_due(&placed, Duration::from_secs(10))?),
         ["a/deny deleted"]
     );
     assert!(!std::fs::read_to_string(&file)?.contains("NetworkPolicy"));
-    assert!(schedule.apply_due(&placed, Duration::from_secs(15))?.is_empty());
+    assert!(
+        schedule
+            .apply_due(&placed, Duration::from_secs(15))?
+            .is_empty()
+    );
     assert!(!schedule.done(&placed));
     assert_eq!(
         applied(schedule.apply_due(&placed, Duration::from_secs(60))?),

@@ -345,10 +345,7 @@ impl QueryEngine {
         ctx.register_table("flows", flows.clone())?;
         let flows_ctx = SessionContext::new();
         flows_ctx.register_table("flows", flows.clone())?;
-        ctx.register_table(
-            "connections",
-            Arc::new(ConnectionsTable::new(flows_ctx)?),
-        )?;
+        ctx.register_table("connections", Arc::new(ConnectionsTable::new(flows_ctx)?))?;
         let rules_ctx = SessionContext::new();
         rules_ctx.register_table("flows", flows)?;
         let rule_hits = Arc::new(RuleHitsTable::new(rules_ctx)?);

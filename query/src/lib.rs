@@ -25,12 +25,12 @@ mod provider;
 mod store;
 pub mod wal;
 
+pub use coverage::PodIsolationRow;
 pub use datafusion::arrow;
 pub use engine::{
     LabelHistoryRow, NamespaceRow, PodRow, PolicyHistoryRow, PolicyRow, QueryEngine, QueryError,
     QueryLimits,
 };
-pub use coverage::PodIsolationRow;
 pub use format::QueryResult;
 pub use manifest::ManifestError;
 pub use model::{

@@ -20,11 +20,7 @@ struct RuleView<'a> {
 
 impl RuleView<'_> {
     fn describe(&self, direction: &str) -> String {
-        let word = if direction == "ingress" {
-            "from"
-        } else {
-            "to"
-        };
+        let word = if direction == "ingress" { "from" } else { "to" };
         format!(
             "{word} {}, {}",
             list(&peer_words(self.peers)),
@@ -57,7 +53,11 @@ fn rules<'a>(spec: &'a NetworkPolicySpec, direction: &str) -> Vec<RuleView<'a>> 
 
 /// What changed in a NetworkPolicy, in words: its creation or deletion
 /// with what it says, else each changed field and rule.
-pub(crate) fn policy(key: &str, before: Option<&NetworkPolicy>, after: Option<&NetworkPolicy>) -> String {
+pub(crate) fn policy(
+    key: &str,
+    before: Option<&NetworkPolicy>,
+    after: Option<&NetworkPolicy>,
+) -> String {
     let spec = |p: Option<&NetworkPolicy>| p.map(|p| p.spec.clone().unwrap_or_default());
     match (spec(before), spec(after)) {
         (None, None) => format!("{key} did not exist"),
@@ -76,7 +76,10 @@ pub(crate) fn policy(key: &str, before: Option<&NetworkPolicy>, after: Option<&N
 
 /// The whole of a spec in a sentence.
 fn summary(spec: &NetworkPolicySpec) -> String {
-    let mut parts = vec![format!("podSelector {}", selector(Some(&spec.pod_selector)))];
+    let mut parts = vec![format!(
+        "podSelector {}",
+        selector(Some(&spec.pod_selector))
+    )];
     for direction in isolated(spec) {
         let rules = rules(spec, direction);
         if rules.is_empty() {
@@ -173,7 +176,11 @@ fn peer(p: &NetworkPolicyPeer) -> String {
         if except.is_empty() {
             parts.push(format!("ipBlock {}", block.cidr));
         } else {
-            parts.push(format!("ipBlock {} except {}", block.cidr, except.join(",")));
+            parts.push(format!(
+                "ipBlock {} except {}",
+                block.cidr,
+                except.join(",")
+            ));
         }
     }
     if p.namespace_selector.is_some() {
@@ -250,7 +257,12 @@ pub(crate) fn labels(l: Option<&BTreeMap<String, String>>) -> String {
 }
 
 /// What changed of a pod that policies look at: labels and addresses.
-pub(crate) fn pod(namespace: &str, name: &str, before: Option<&Pod>, after: Option<&Pod>) -> String {
+pub(crate) fn pod(
+    namespace: &str,
+    name: &str,
+    before: Option<&Pod>,
+    after: Option<&Pod>,
+) -> String {
     let key = format!("{namespace}/{name}");
     match (before, after) {
         (None, None) => format!("pod {key} did not exist"),
