@@ -78,7 +78,7 @@ pub(crate) fn policy(
 fn summary(spec: &NetworkPolicySpec) -> String {
     let mut parts = vec![format!(
         "podSelector {}",
-        selector(Some(&spec.pod_selector))
+        pod_selector(spec)
     )];
     for direction in isolated(spec) {
         let rules = rules(spec, direction);
@@ -109,8 +109,8 @@ fn spec_changes(key: &str, b: &NetworkPolicySpec, a: &NetworkPolicySpec) -> Vec<
     if b.pod_selector != a.pod_selector {
         parts.push(format!(
             "{key} podSelector {} → {}",
-            selector(Some(&b.pod_selector)),
-            selector(Some(&a.pod_selector))
+            pod_selector(b),
+            pod_selector(a)
         ));
     }
     let (bi, ai) = (isolated(b), isolated(a));
@@ -215,6 +215,14 @@ fn port(p: &NetworkPolicyPort) -> String {
         (Some(IntOrString::String(name)), _) => name.clone(),
     };
     format!("{protocol} {number}")
+}
+
+/// A policy's podSelector; left out, it selects every pod of the namespace.
+fn pod_selector(spec: &NetworkPolicySpec) -> String {
+    match &spec.pod_selector {
+        Some(s) => selector(Some(s)),
+        None => "{} (all)".into(),
+    }
 }
 
 /// A label selector as `k=v,k2 In (a,b)`; `{}` selects everything.
