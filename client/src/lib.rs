@@ -7,4 +7,4 @@
 pub mod collector;
 pub mod replay;
 
-pub use collector::{ClientError, http_json, query, query_as, send_batches};
+pub use collector::{ClientError, http_json, http_json_as, query, query_as, send_batches};

@@ -76,10 +76,7 @@ pub(crate) fn policy(
 
 /// The whole of a spec in a sentence.
 fn summary(spec: &NetworkPolicySpec) -> String {
-    let mut parts = vec![format!(
-        "podSelector {}",
-        pod_selector(spec)
-    )];
+    let mut parts = vec![format!("podSelector {}", pod_selector(spec))];
     for direction in isolated(spec) {
         let rules = rules(spec, direction);
         if rules.is_empty() {
