@@ -122,6 +122,27 @@ fn readme_scenario_is_valid_and_its_comments_are_true() -> Result<()> {
         outcomes[0] > 0 && outcomes[1] > 0,
         "allowed and dropped both shown"
     );
+    // The `changes:` example that follows applies to that scenario.
+    let changes = section
+        .split("```yaml\n")
+        .nth(2)
+        .and_then(|rest| rest.split_once("```"))
+        .expect("the section shows a `changes:` block")
+        .0;
+    assert!(changes.starts_with("changes:"), "{changes}");
+    let placed = Scenario::from_yaml("README.md", &format!("{yaml}{changes}"))?.place()?;
+    let stages: Vec<&str> = placed
+        .stages
+        .iter()
+        .map(|s| s.description.as_str())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "prod/allow-same-namespace created",
+            "prod/allow-same-namespace deleted"
+        ]
+    );
     Ok(())
 }
 
