@@ -61,7 +61,22 @@ pub(crate) struct Args {
     /// How to print the verdict.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// For a denied connection, also propose the smallest NetworkPolicy
+    /// changes that admit it, as YAML ready for `kubectl apply`. With
+    /// `--collector-http` each says which other connections observed in the
+    /// `--since` window it would also admit (ranked by that); offline there
+    /// is no observed traffic to consult.
+    #[arg(long, conflicts_with = "at")]
+    suggest: bool,
+    /// With `--suggest --collector-http`: the window of observed
+    /// connections a suggestion is checked against (a duration ago like
+    /// `24h`, or RFC 3339). Longer windows catch rarer traffic.
+    #[arg(long, value_name = "TIME", requires = "suggest")]
+    since: Option<String>,
 }
+
+/// Offline suggestions consult no traffic; said once, in both outputs.
+const OFFLINE_NOTE: &str = "also_admits not computed: offline (--cluster) there is no observed traffic; ask a collector (--collector-http) to see what else each suggestion would admit";
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
     s.parse()
@@ -88,9 +103,27 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let src = endpoint(&cluster, &args.from).context("--from")?;
     let dst = endpoint(&cluster, &args.to).context("--to")?;
     let explanation = cluster.explain(&src, &dst, args.port, args.protocol);
+    if !args.suggest {
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
+            Output::Text => print!("{}", render_text(&explanation)),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let suggestions = cluster.suggest(&src, &dst, args.port, args.protocol);
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
-        Output::Text => print!("{}", render_text(&explanation)),
+        Output::Json => {
+            let mut v = serde_json::to_value(&suggestions)?;
+            v["explanation"] = serde_json::to_value(&explanation)?;
+            v["note"] = OFFLINE_NOTE.into();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Text => {
+            print!("{}", render_text(&explanation));
+            let view: SuggestionsView =
+                serde_json::from_value(serde_json::to_value(&suggestions)?)?;
+            print!("{}", render_suggestions(&view, Some(OFFLINE_NOTE)));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -107,11 +140,27 @@ fn remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(at) = &args.at {
         query.push(("at", at.clone()));
     }
+    if args.suggest {
+        query.push(("suggest", "true".into()));
+    }
+    if let Some(since) = &args.since {
+        query.push(("since", since.clone()));
+    }
     let mut answer = crate::http::get(url, "/api/v1/explain", &query, &args.token)?;
     let explanation = answer["explanation"].take();
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
-        Output::Text => {
+    match (args.output, args.suggest) {
+        (Output::Json, false) => println!("{}", serde_json::to_string_pretty(&explanation)?),
+        (Output::Json, true) => {
+            let v = serde_json::json!({
+                "explanation": explanation,
+                "suggestions": answer["suggestions"].take(),
+                "none": answer["none"].take(),
+                "since": answer["since"].take(),
+                "connections_judged": answer["connections_judged"].take(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        (Output::Text, suggest) => {
             let view: View = serde_json::from_value(explanation)
                 .context("the collector's explanation lacks expected fields")?;
             // What the flows say comes first when the policies are not the problem.
@@ -119,9 +168,117 @@ fn remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
                 println!("{message}");
             }
             print!("{}", render_view(&view));
+            if suggest {
+                let s: SuggestionsView = serde_json::from_value(answer)
+                    .context("the collector's answer lacks the suggestions")?;
+                print!("{}", render_suggestions(&s, None));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the text shows of suggestions (ours, or a collector's JSON).
+#[derive(Debug, serde::Deserialize)]
+struct SuggestionsView {
+    suggestions: Vec<SuggestionView>,
+    none: Option<NoneView>,
+    /// The collector's window, RFC 3339.
+    since: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SuggestionView {
+    summary: String,
+    yaml: String,
+    also_admits: Option<Vec<OtherView>>,
+    #[serde(default)]
+    also_denies: Vec<OtherView>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct OtherView {
+    src: String,
+    dst: String,
+    port: u16,
+    protocol: String,
+}
+
+impl std::fmt::Display for OtherView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} → {} {} {}",
+            self.src, self.dst, self.protocol, self.port
+        )
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct NoneView {
+    kind: String,
+    message: Option<String>,
+}
+
+/// At most this many other connections are named per suggestion in text;
+/// the JSON has them all.
+const OTHERS_SHOWN: usize = 5;
+
+fn render_suggestions(s: &SuggestionsView, note: Option<&str>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if let Some(none) = &s.none {
+        let why = match (none.kind.as_str(), &none.message) {
+            ("allowed", _) => "the connection is already allowed: nothing to change.".to_string(),
+            (_, Some(m)) => m.clone(),
+            (kind, None) => kind.to_string(),
+        };
+        let _ = writeln!(out, "\nNo suggestion: {why}");
+        return out;
+    }
+    let _ = writeln!(out, "\nSuggestions (best first):");
+    for (i, sug) in s.suggestions.iter().enumerate() {
+        let _ = writeln!(out, "{:>3}. {}", i + 1, sug.summary);
+        let others = |what: &str, list: &[OtherView]| {
+            let named: Vec<String> = list
+                .iter()
+                .take(OTHERS_SHOWN)
+                .map(|o| o.to_string())
+                .collect();
+            let more = list.len().saturating_sub(OTHERS_SHOWN);
+            let tail = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            format!(
+                "     {what} {} other observed connection(s): {}{tail}\n",
+                list.len(),
+                named.join(", ")
+            )
+        };
+        match &sug.also_admits {
+            None => {}
+            Some(list) if list.is_empty() => {
+                let since = s
+                    .since
+                    .as_deref()
+                    .map(|t| format!(" since {t}"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "     also admits no other connection observed{since}");
+            }
+            Some(list) => out.push_str(&others("also admits", list)),
+        }
+        if !sug.also_denies.is_empty() {
+            out.push_str(&others("NEWLY DENIES", &sug.also_denies));
+        }
+        // Unindented, so that it can be copied into `kubectl apply -f -`.
+        let _ = write!(out, "---\n{}", sug.yaml);
+    }
+    if let Some(note) = note {
+        let _ = writeln!(out, "({note})");
+    }
+    out
 }
 
 /// What the text shows of a collector's explanation, read from its JSON:

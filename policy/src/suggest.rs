@@ -378,7 +378,7 @@ impl Target<'_> {
             .collect();
         fixes.sort_by_key(|f| f.cost);
         fixes.truncate(MAX_FIXES_PER_DIRECTION - 1);
-        fixes.push(self.new_policy(d.direction));
+        fixes.extend(self.new_policy(d.direction));
         fixes
     }
 
@@ -489,10 +489,11 @@ impl Target<'_> {
         }
     }
 
-    fn new_policy(&self, direction: Direction) -> Fix {
+    /// `None` only when the direction's side is no pod (then it cannot deny).
+    fn new_policy(&self, direction: Direction) -> Option<Fix> {
         let c = self.cluster;
         let (subject, other) = self.sides(direction);
-        let subject_pod = subject.pod.expect("a denying direction has a pod subject");
+        let subject_pod = subject.pod?;
         let sp = c.pod(subject_pod);
         let subject_labels = workload_labels(c, subject_pod);
         let (peer, peer_words) = self.peer(other);
@@ -564,7 +565,7 @@ impl Target<'_> {
                 newly_isolates.join(", ")
             );
         }
-        Fix {
+        Some(Fix {
             edit: SuggestedEdit::NewPolicy {
                 direction,
                 policy: PolicyRef {
@@ -576,7 +577,7 @@ impl Target<'_> {
             words,
             cost: 3,
             newly_isolates,
-        }
+        })
     }
 
     /// Pods the new policy would select that no policy isolates yet for
