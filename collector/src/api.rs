@@ -388,6 +388,22 @@ struct ExplainParams {
     /// Judge under the state in force at this time (RFC 3339, `1h` ago, or
     /// nanoseconds since the epoch) instead of now.
     at: Option<String>,
+    /// `true`: also suggest changes that admit a denied connection.
+    suggest: Option<String>,
+    /// With `suggest`: the window of observed connections each suggestion
+    /// is judged against (`24h` ago by default).
+    since: Option<String>,
+}
+
+/// A boolean query parameter: `true` or `false`; absent is false.
+fn flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("") | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::bad(format!(
+            "{name}={other:?}: expected true or false"
+        ))),
+    }
 }
 
 /// A point in time as a user writes it: RFC 3339 (`2026-12-03T10:00:00Z`),
@@ -509,13 +525,27 @@ async fn explain(
         p.port.as_deref(),
         p.protocol.as_deref(),
     )?;
-    let cluster = &cluster_at(&state, p.at.as_deref())?;
-    let explanation = cluster.explain(
-        &from.endpoint(cluster)?,
-        &to.endpoint(cluster)?,
-        port,
-        protocol,
-    );
+    let suggest = flag("suggest", p.suggest.as_deref())?;
+    let at = p.at.as_deref().filter(|a| !a.is_empty());
+    let since = p.since.as_deref().filter(|s| !s.is_empty());
+    if suggest && at.is_some() {
+        return Err(ApiError::bad(
+            "suggest=true proposes changes to the policies in force now: it cannot be combined with at",
+        ));
+    }
+    if !suggest && since.is_some() {
+        return Err(ApiError::bad(
+            "since is the window of suggest=true: give both",
+        ));
+    }
+    // Suggestions are built on the snapshot's objects: one snapshot for both.
+    let snapshot = suggest.then(|| state.cluster.load());
+    let cluster = &match &snapshot {
+        Some(s) => s.cluster.clone(),
+        None => cluster_at(&state, at)?,
+    };
+    let (src, dst) = (from.endpoint(cluster)?, to.endpoint(cluster)?);
+    let explanation = cluster.explain(&src, &dst, port, protocol);
     let allowed = explanation.allowed;
     let explanation = serde_json::to_value(&explanation).map_err(|e| ApiError::Internal {
         message: e.to_string(),
@@ -534,12 +564,51 @@ async fn explain(
         .and(filter::col("is_reply"));
     let seen = filter::eq("protocol", protocol.as_str()).and(forward.or(replies));
     let rows = newest_rows(&state, "flows", Some(seen), 100).await?;
-    Ok(Json(json!({
+    let mut answer = json!({
         "generation": cluster.generation(),
         "explanation": explanation,
         "not_policy": not_policy(allowed, port, &rows),
         "flows": rows,
-    })))
+    });
+    if let Some(snapshot) = &snapshot {
+        let c = crate::suggest::Connection {
+            src,
+            dst,
+            port,
+            protocol,
+        };
+        let suggestions = suggestions(&state, snapshot, &c, since).await?;
+        if let (Some(a), Value::Object(s)) = (answer.as_object_mut(), suggestions) {
+            a.extend(s);
+        }
+    }
+    Ok(Json(answer))
+}
+
+/// [`crate::suggest::suggest`] under `snapshot`, as JSON.
+async fn suggestions(
+    state: &AppState,
+    snapshot: &crate::cluster::Snapshot,
+    c: &crate::suggest::Connection,
+    since: Option<&str>,
+) -> Result<Value, ApiError> {
+    let since = time_point("since", since.unwrap_or(crate::whatif::DEFAULT_SINCE))?;
+    let started = Instant::now();
+    let answer = crate::suggest::suggest(&state.engine, snapshot, c, since, crate::now_ns()).await;
+    state
+        .metrics
+        .query_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let answer = answer.map_err(|e| match e {
+        // The engine's own suggestions failing to apply is a bug, not input.
+        crate::whatif::WhatIfRunError::Change(e) => ApiError::Internal {
+            message: format!("a suggestion does not apply: {e}"),
+        },
+        e => whatif_error(e),
+    })?;
+    serde_json::to_value(&answer).map_err(|e| ApiError::Internal {
+        message: e.to_string(),
+    })
 }
 
 /// When the policies allow a connection and the newest judged flow of it

@@ -26,6 +26,7 @@ pub mod config;
 pub mod enrich;
 pub mod ingest;
 pub mod metrics;
+pub mod suggest;
 pub mod tables;
 pub mod tls;
 pub mod whatif;
