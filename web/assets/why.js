@@ -7,6 +7,9 @@
 // that caused it. When the policies allow it and the flows show it failed
 // for another reason (nothing listening, routing, conntrack), that comes
 // first: most "blocked" connections are not a policy problem.
+// For a denial, "How to fix" lists the smallest verified changes that admit
+// it, each with what else it would admit among the connections observed in
+// the window, ready to copy into `kubectl apply -f -`.
 
 import * as api from "./api.js";
 import { fateBadge, fill, fmtBytes, fmtCount, fmtTime, h, hashFor, mismatchBadge, verdictBadge } from "./dom.js";
@@ -63,7 +66,14 @@ async function explain(result, params, ctx) {
   let policies;
   try {
     [answer, policies] = await Promise.all([
-      api.get("explain", { from: params.from, to: params.to, port: params.port, protocol: params.protocol || "TCP" }),
+      api.get("explain", {
+        from: params.from,
+        to: params.to,
+        port: params.port,
+        protocol: params.protocol || "TCP",
+        suggest: "true",
+        since: params.since || "24h",
+      }),
       api.get("policies"),
     ]);
   } catch (e) {
@@ -102,6 +112,7 @@ async function explain(result, params, ctx) {
       direction("Egress, at the source", x.egress, name(x.src)),
       direction("Ingress, at the destination", x.ingress, name(x.dst)),
     ),
+    x.allowed ? null : fixes(answer),
     h(
       "section",
       {},
@@ -172,6 +183,74 @@ function timeline(answer, since) {
       ),
     ),
   ];
+}
+
+/** "How to fix": the suggestions, best (smallest blast radius) first. */
+function fixes(answer) {
+  const list = answer.suggestions || [];
+  const window = answer.since ? ` since ${fmtTime(answer.since)}` : "";
+  const head = h("h3", {}, `How to fix (${list.length})`);
+  if (!list.length) {
+    const why = answer.none && answer.none.message ? answer.none.message : "No NetworkPolicy change admits this connection.";
+    return h("section", { id: "fixes" }, head, h("p", { class: "error-inline" }, why));
+  }
+  return h(
+    "section",
+    { id: "fixes" },
+    head,
+    h(
+      "p",
+      { class: "muted" },
+      `Each change was re-judged by the policy engine and admits this connection. Ranked by what else it would admit among the ${answer.connections_judged ?? 0} connections observed${window}.`,
+    ),
+    list.map((s, i) => suggestion(s, i)),
+  );
+}
+
+function suggestion(s, i) {
+  const admits = s.also_admits || [];
+  const denies = s.also_denies || [];
+  const pre = h("pre", {}, s.yaml);
+  const copy = h("button", { type: "button", class: "copy" }, "Copy YAML");
+  copy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(s.yaml);
+    } catch {
+      // No clipboard permission (plain HTTP): select the text for Ctrl-C.
+      const range = document.createRange();
+      range.selectNodeContents(pre);
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+      copy.textContent = "Selected: press Ctrl-C";
+      return;
+    }
+    copy.textContent = "Copied";
+  });
+  return h(
+    "div",
+    { class: `suggestion${i === 0 ? " best" : ""}` },
+    h("h4", {}, `${i + 1}. ${s.summary}`),
+    h(
+      "p",
+      { class: admits.length ? "also-admits" : "also-admits none" },
+      admits.length ? `Also admits ${admits.length} other observed connection${admits.length === 1 ? "" : "s"}:` : "Also admits no other observed connection.",
+    ),
+    admits.length ? h("ul", { class: "others" }, admits.map((c) => h("li", { class: "mono" }, other(c)))) : null,
+    denies.length
+      ? h(
+          "div",
+          { class: "also-denies" },
+          h("p", {}, h("b", {}, `Newly denies ${denies.length} observed connection${denies.length === 1 ? "" : "s"}`), ` (it isolates ${s.newly_isolates.join(", ")}):`),
+          h("ul", { class: "others" }, denies.map((c) => h("li", { class: "mono" }, other(c)))),
+        )
+      : null,
+    h("div", { class: "yaml-actions" }, copy),
+    pre,
+  );
+}
+
+function other(c) {
+  return `${c.src} → ${c.dst} ${c.protocol}${c.protocol.startsWith("ICMP") ? "" : ` ${c.port}`}`;
 }
 
 function name(end) {

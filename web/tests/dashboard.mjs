@@ -139,6 +139,33 @@ try {
     await shot("why-blocked");
   });
 
+  await step("a denied connection comes with verified fixes: summary, what else each admits, YAML to copy", async () => {
+    await go(`#/why?from=dev/tool&to=${encodeURIComponent(BACKEND)}&port=8080&protocol=TCP`);
+    await page.locator("#fixes").waitFor();
+    const head = await page.locator("#fixes h3").innerText();
+    check(/How to fix \([1-9]\d*\)/.test(head), `no suggestions: ${head}`);
+    const intro = await page.locator("#fixes > p.muted").innerText();
+    check(/among the \d+ connections observed since/.test(intro), `the window and the judged count are not said: ${intro}`);
+    const first = page.locator(".suggestion").first();
+    const text = await first.innerText();
+    check(text.includes("widen prod/allow-same-namespace ingress rule 0: add the peer pods app=tool in namespace dev"), `first fix: ${text}`);
+    // Only dev/tool → backend was observed from dev/tool into prod.
+    check(text.includes("Also admits no other observed connection."), `blast radius not shown: ${text}`);
+    const yaml = await first.locator("pre").innerText();
+    check(yaml.includes("kubernetes.io/metadata.name: dev") && yaml.includes("app: tool") && !yaml.includes("10.244.2.20"), `peer not by namespace and labels: ${yaml}`);
+    check(!yaml.includes("pod-template-hash") && yaml.startsWith("apiVersion: networking.k8s.io/v1"), `not applyable YAML: ${yaml}`);
+    await page.context().grantPermissions(["clipboard-read", "clipboard-write"], { origin: new URL(base).origin });
+    await first.locator("button.copy").click();
+    await page.waitForFunction(() => document.querySelector(".suggestion button.copy").textContent === "Copied");
+    const copied = await page.evaluate(() => navigator.clipboard.readText());
+    check(copied.trim() === yaml.trim(), `the clipboard holds something else: ${copied}`);
+    await shot("why-fixes");
+    // An allowed connection has nothing to fix.
+    await go(`#/why?from=${encodeURIComponent(FRONTEND)}&to=${encodeURIComponent(BACKEND)}&port=8080&protocol=TCP`);
+    await page.locator(".verdict-card.allowed").waitFor();
+    check((await page.locator("#fixes").count()) === 0, "an allowed connection shows fixes");
+  });
+
   await step("the explanation is reachable directly from a source, destination and port", async () => {
     await go("#/why");
     await page.fill("#why-form input[name=from]", FRONTEND);
