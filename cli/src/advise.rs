@@ -22,16 +22,8 @@ pub(crate) struct Args {
     /// The collector's default (a week) when omitted.
     #[arg(long)]
     since: Option<String>,
-    /// The collector's API.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "FLOWGATE_COLLECTOR_HTTP",
-        default_value = crate::http::DEFAULT_COLLECTOR_HTTP
-    )]
-    collector_http: String,
     #[command(flatten)]
-    token: crate::http::Token,
+    api: crate::http::CollectorApi,
     #[arg(long, value_enum, default_value_t = Output::Yaml)]
     output: Output,
 }
@@ -41,7 +33,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(since) = &args.since {
         query.push(("since", since.clone()));
     }
-    let answer = crate::http::get(&args.collector_http, "/api/v1/advise", &query, &args.token)?;
+    let answer = args.api.get("/api/v1/advise", &query)?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
         Output::Yaml => print!("{}", render(&answer)),

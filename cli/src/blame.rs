@@ -32,16 +32,8 @@ pub(crate) struct Args {
     /// Only flips since then: a duration ago (`7d`) or RFC 3339.
     #[arg(long, default_value = "7d")]
     since: String,
-    /// The collector's API.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "FLOWGATE_COLLECTOR_HTTP",
-        default_value = crate::http::DEFAULT_COLLECTOR_HTTP
-    )]
-    collector_http: String,
     #[command(flatten)]
-    token: crate::http::Token,
+    api: crate::http::CollectorApi,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
 }
@@ -59,7 +51,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         ("protocol", args.protocol.to_string()),
         ("since", args.since.clone()),
     ];
-    let answer = crate::http::get(&args.collector_http, "/api/v1/blame", &query, &args.token)?;
+    let answer = args.api.get("/api/v1/blame", &query)?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
         Output::Text => print!("{}", render(&args, &answer)),

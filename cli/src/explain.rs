@@ -23,29 +23,17 @@ pub(crate) struct Args {
     /// NetworkPolicies and the cluster tiers (AdminNetworkPolicy,
     /// BaselineAdminNetworkPolicy, ClusterNetworkPolicy); multi-document and
     /// `kind: List` files are fine. Repeat to combine several.
-    /// Not needed with `--collector-http`.
-    #[arg(
-        long,
-        value_name = "FILE_OR_DIR",
-        required_unless_present = "collector_http"
-    )]
+    /// Without `--cluster`, the collector at `--collector-http` is asked:
+    /// its current state, or the one at `--at`.
+    #[arg(long, value_name = "FILE_OR_DIR", conflicts_with = "collector_http")]
     cluster: Vec<PathBuf>,
-    /// Ask a running collector (e.g. `http://127.0.0.1:8080`) instead of
-    /// reading files: its current state, or the one at `--at`.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "FLOWGATE_COLLECTOR_HTTP",
-        conflicts_with = "cluster"
-    )]
-    collector_http: Option<String>,
+    #[command(flatten)]
+    api: crate::http::CollectorApi,
     /// Judge under the policies, labels and addresses in force at this time
     /// (RFC 3339 like `2026-12-03T10:00:00Z`, or a duration ago like `2h`),
     /// from the collector's recorded history.
-    #[arg(long, value_name = "TIME", requires = "collector_http")]
+    #[arg(long, value_name = "TIME", conflicts_with = "cluster")]
     at: Option<String>,
-    #[command(flatten)]
-    token: crate::http::Token,
     /// Source: `namespace/pod`, or an IP address (a pod's IP means that pod).
     #[arg(long, value_name = "SRC")]
     from: String,
@@ -71,7 +59,12 @@ pub(crate) struct Args {
     /// With `--suggest --collector-http`: the window of observed
     /// connections a suggestion is checked against (a duration ago like
     /// `24h`, or RFC 3339). Longer windows catch rarer traffic.
-    #[arg(long, value_name = "TIME", requires = "suggest")]
+    #[arg(
+        long,
+        value_name = "TIME",
+        requires = "suggest",
+        conflicts_with = "cluster"
+    )]
     since: Option<String>,
 }
 
@@ -92,8 +85,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         bail!("port 0 is out of range 1-65535");
     }
-    if let Some(url) = &args.collector_http {
-        return remote(url, &args);
+    if args.cluster.is_empty() {
+        return remote(&args);
     }
     let objects = flowgate_policy::load_paths(&args.cluster).context("reading the cluster")?;
     for ignored in &objects.ignored {
@@ -130,7 +123,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// `GET /api/v1/explain` on the collector; its `explanation`, after its
 /// `not_policy` finding when there is one.
-fn remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
+fn remote(args: &Args) -> anyhow::Result<ExitCode> {
     let mut query = vec![
         ("from", args.from.clone()),
         ("to", args.to.clone()),
@@ -146,7 +139,7 @@ fn remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(since) = &args.since {
         query.push(("since", since.clone()));
     }
-    let mut answer = crate::http::get(url, "/api/v1/explain", &query, &args.token)?;
+    let mut answer = args.api.get("/api/v1/explain", &query)?;
     let explanation = answer["explanation"].take();
     match (args.output, args.suggest) {
         (Output::Json, false) => println!("{}", serde_json::to_string_pretty(&explanation)?),

@@ -1,5 +1,5 @@
 //! The client side of the collector's HTTP API for commands that ask a
-//! running collector (`explain --collector-http`, `blame`, `whatif`).
+//! running collector (`explain`, `blame`, `whatif`, `advise`, `query`).
 
 use anyhow::Context;
 use serde_json::Value;
@@ -8,10 +8,21 @@ use serde_json::Value;
 /// `--collector-http` is not given: the address `flowgate demo` serves it on.
 pub(crate) const DEFAULT_COLLECTOR_HTTP: &str = "http://127.0.0.1:8080";
 
-/// The bearer token of a command that asks a collector started with
-/// `--api-token-file` or `--api-auth kubernetes`.
+/// How a client command reaches the collector's HTTP API: its address and,
+/// for a collector started with `--api-token-file` or `--api-auth
+/// kubernetes`, the bearer token. Every client command flattens this one
+/// struct, so the flags, their env fallbacks and their defaults agree.
 #[derive(Debug, Clone, clap::Args)]
-pub(crate) struct Token {
+pub(crate) struct CollectorApi {
+    /// The collector's HTTP API (`--server` is the older name).
+    #[arg(
+        long,
+        alias = "server",
+        value_name = "URL",
+        env = "FLOWGATE_COLLECTOR_HTTP",
+        default_value = DEFAULT_COLLECTOR_HTTP
+    )]
+    pub(crate) collector_http: String,
     /// Bearer token for a collector started with --api-token-file or
     /// --api-auth kubernetes.
     #[arg(long, env = "FLOWGATE_API_TOKEN", hide_env_values = true)]
@@ -21,9 +32,9 @@ pub(crate) struct Token {
     token_file: Option<std::path::PathBuf>,
 }
 
-impl Token {
+impl CollectorApi {
     /// The token given, read from its file if need be; `None` without one.
-    pub(crate) fn resolve(&self) -> anyhow::Result<Option<String>> {
+    pub(crate) fn token(&self) -> anyhow::Result<Option<String>> {
         Ok(match (&self.token, &self.token_file) {
             (Some(t), _) => Some(t.trim().to_owned()),
             (None, Some(path)) => Some(
@@ -38,51 +49,41 @@ impl Token {
             (None, None) => None,
         })
     }
-}
 
-/// `GET {base}{path}?{query}` (with the bearer token, if any): the JSON
-/// answer, or an error carrying the collector's message.
-pub(crate) fn get(
-    base: &str,
-    path: &str,
-    query: &[(&str, String)],
-    token: &Token,
-) -> anyhow::Result<Value> {
-    let token = token.resolve()?;
-    let pairs: Vec<String> = query
-        .iter()
-        .map(|(k, v)| format!("{k}={}", encode(v)))
-        .collect();
-    let url = format!("{}{path}?{}", base.trim_end_matches('/'), pairs.join("&"));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let answer = runtime.block_on(flowgate_client::http_json_as(
-        http::Method::GET,
-        &url,
-        None,
-        token.as_deref(),
-    ))?;
-    Ok(answer)
-}
+    /// `GET {collector}{path}?{query}` with the token, if any: the JSON
+    /// answer, or an error carrying the collector's message.
+    pub(crate) fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        let pairs: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        let url = format!("{}?{}", self.url(path), pairs.join("&"));
+        self.send(http::Method::GET, &url, None)
+    }
 
-/// `POST {base}{path}` with a JSON body (and the bearer token, if any): the JSON answer, or an error
-/// carrying the collector's message.
-pub(crate) fn post(base: &str, path: &str, body: Value, token: &Token) -> anyhow::Result<Value> {
-    let token = token.resolve()?;
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let answer = runtime.block_on(flowgate_client::http_json_as(
-        http::Method::POST,
-        &url,
-        Some(body),
-        token.as_deref(),
-    ))?;
-    Ok(answer)
+    /// `POST {collector}{path}` with a JSON body and the token, if any: the
+    /// JSON answer, or an error carrying the collector's message.
+    pub(crate) fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(http::Method::POST, &self.url(path), Some(body))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.collector_http.trim_end_matches('/'))
+    }
+
+    fn send(&self, method: http::Method, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let token = self.token()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        Ok(runtime.block_on(flowgate_client::http_json_as(
+            method,
+            url,
+            body,
+            token.as_deref(),
+        ))?)
+    }
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters and `/`

@@ -2,37 +2,20 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use serde_json::Value;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The SQL (read-only; tables: flows, pods, namespaces, policies).
     sql: String,
-    /// The collector's HTTP address (`--server` is the older name).
-    #[arg(
-        long,
-        alias = "server",
-        value_name = "URL",
-        env = "FLOWGATE_COLLECTOR_HTTP",
-        default_value = crate::http::DEFAULT_COLLECTOR_HTTP
-    )]
-    collector_http: String,
     #[command(flatten)]
-    token: crate::http::Token,
+    api: crate::http::CollectorApi,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let token = args.token.resolve()?;
-    let answer = runtime.block_on(flowgate_client::query_as(
-        &args.collector_http,
-        &args.sql,
-        token.as_deref(),
-    ))?;
+    let answer = args
+        .api
+        .post("/api/v1/query", serde_json::json!({ "sql": args.sql }))?;
     print!("{}", table(&answer));
     if answer.get("truncated").and_then(Value::as_bool) == Some(true) {
         eprintln!("flowgate: the result was truncated by the server's row limit");

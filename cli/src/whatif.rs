@@ -35,16 +35,8 @@ pub(crate) struct Args {
     /// 3339. The collector's default (the last day) when omitted.
     #[arg(long)]
     since: Option<String>,
-    /// The collector's API.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "FLOWGATE_COLLECTOR_HTTP",
-        default_value = crate::http::DEFAULT_COLLECTOR_HTTP
-    )]
-    collector_http: String,
     #[command(flatten)]
-    token: crate::http::Token,
+    api: crate::http::CollectorApi,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
     /// Exit with status 3 when any observed connection would newly be
@@ -55,7 +47,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let body = request(&args)?;
-    let answer = crate::http::post(&args.collector_http, "/api/v1/whatif", body, &args.token)?;
+    let answer = args.api.post("/api/v1/whatif", body)?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
         Output::Text => print!("{}", render(&answer)),
