@@ -105,3 +105,14 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+#[cfg(test)]
+mod tests {
+    /// Clap checks flag conflicts, requirements and flattened groups of
+    /// every subcommand here, not only those a test happens to run.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
+}
