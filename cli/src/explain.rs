@@ -199,11 +199,12 @@ struct OtherView {
 
 impl std::fmt::Display for OtherView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} → {} {} {}",
-            self.src, self.dst, self.protocol, self.port
-        )
+        write!(f, "{} → {} {}", self.src, self.dst, self.protocol)?;
+        // ICMP has no port: the 0 stored for it means nothing to a reader.
+        if self.protocol.starts_with("ICMP") {
+            return Ok(());
+        }
+        write!(f, " {}", self.port)
     }
 }
 
