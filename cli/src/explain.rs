@@ -334,7 +334,15 @@ fn render_view(e: &View) -> String {
         } else {
             "DENY"
         };
-        out.push_str(&format!("  {:<8} [{mark}] {}\n", d.direction, d.reason));
+        // The reason repeats the misses, which are printed one per line.
+        let reason = d
+            .misses
+            .first()
+            .and_then(|m| d.reason.find(&m.explanation))
+            .map_or(d.reason.as_str(), |at| {
+                d.reason[..at].trim_end_matches([' ', ':'])
+            });
+        out.push_str(&format!("  {:<8} [{mark}] {reason}\n", d.direction));
         for m in &d.misses {
             out.push_str(&format!("           - {}\n", m.explanation));
         }

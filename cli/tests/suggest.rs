@@ -248,6 +248,11 @@ fn with_a_collector_each_suggestion_says_what_else_it_admits_and_the_whatif_agre
         ),
         "{text}"
     );
+    // Each miss once: on its own line, not also inside the direction's reason.
+    ensure!(
+        text.matches("ingress rule 0 is the nearest miss").count() == 1,
+        "{text}"
+    );
 
     // The API's own errors name the problem.
     for (query, message) in [
