@@ -193,6 +193,10 @@ struct State {
     flush_error: Option<String>,
     failpoint: Option<FlushPoint>,
     crashed: Option<FlushPoint>,
+    /// A flush reaching this point waits there until it is cleared.
+    pause: Option<FlushPoint>,
+    /// A flush is waiting at `pause`.
+    paused: bool,
 }
 
 impl State {
@@ -207,7 +211,8 @@ impl State {
 struct Inner {
     config: StoreConfig,
     state: Mutex<State>,
-    /// Signalled when a flush ends (appends waiting for room, `wait_idle`).
+    /// Signalled when a flush ends (appends waiting for room, `wait_idle`)
+    /// and when a paused flush waits or is let go (tests).
     flushed: Condvar,
     /// One flush or retention pass at a time: each writes a manifest.
     manifest_writer: Mutex<()>,
@@ -292,6 +297,8 @@ impl FlowStore {
             flush_error: None,
             failpoint: None,
             crashed: None,
+            pause: None,
+            paused: false,
         };
         let (wake, wakes) = std::sync::mpsc::sync_channel(1);
         let inner = Arc::new(Inner {
@@ -436,8 +443,42 @@ impl FlowStore {
         self.lock().failpoint = point;
     }
 
+    /// Makes the next flush wait at `point` (`None` lets it go on), to test
+    /// what happens meanwhile; [`wait_paused`](Self::wait_paused) returns
+    /// once it waits there.
+    #[doc(hidden)]
+    pub fn set_pause(&self, point: Option<FlushPoint>) {
+        self.lock().pause = point;
+        self.inner.flushed.notify_all();
+    }
+
+    /// Blocks until a flush waits at the point [`set_pause`](Self::set_pause) named.
+    #[doc(hidden)]
+    pub fn wait_paused(&self) {
+        let mut s = self.lock();
+        while !s.paused {
+            s = self
+                .inner
+                .flushed
+                .wait(s)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     fn failpoint(&self, point: FlushPoint) -> Result<(), StoreError> {
         let mut s = self.lock();
+        if s.pause == Some(point) {
+            s.paused = true;
+            self.inner.flushed.notify_all();
+            while s.pause == Some(point) {
+                s = self
+                    .inner
+                    .flushed
+                    .wait(s)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            s.paused = false;
+        }
         if s.failpoint == Some(point) {
             s.crashed = Some(point);
             drop(s);

@@ -405,3 +405,93 @@ fn a_batch_of_another_schema_is_refused_by_name_and_nothing_is_stored() {
     store.append_batch(flowgate_query::to_batch(&rows)).unwrap();
     assert_eq!(count(&store), rows.len() as u64);
 }
+
+/// Ingest goes on while a flush is writing: with the flush held between
+/// its files and its manifest, batches are still stored (and queried),
+/// and once the flush ends every row is there once, after a restart too.
+#[test]
+fn ingest_goes_on_while_a_flush_is_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    assert_eq!(append_from(&store, "p", 1, 6).unwrap(), Appended::Stored);
+    store.set_pause(Some(FlushPoint::BeforeManifest));
+    let flusher = {
+        let store = store.clone();
+        std::thread::spawn(move || store.flush())
+    };
+    store.wait_paused();
+    // Appends must not wait for the paused flush: run them on a thread and
+    // give up (failing) if they have not returned in time.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let appender = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for seq in 2..=4 {
+                assert_eq!(append_from(&store, "p", seq, 6).unwrap(), Appended::Stored);
+            }
+            assert_eq!(append_from(&store, "p", 1, 6).unwrap(), Appended::Duplicate);
+            done_tx.send(()).unwrap();
+        })
+    };
+    let appended = done_rx.recv_timeout(Duration::from_secs(30));
+    let during = rows_per_batch(&store);
+    store.set_pause(None);
+    flusher.join().unwrap().unwrap();
+    appender.join().unwrap();
+    assert!(appended.is_ok(), "appends waited for the paused flush");
+    let expected = BTreeMap::from([(1, 6), (2, 6), (3, 6), (4, 6)]);
+    assert_eq!(during, expected, "queried while the flush was paused");
+    assert_eq!(
+        store.stats().disk_rows,
+        6,
+        "the flush took only what it froze"
+    );
+    assert_eq!(store.stats().memory_rows, 18);
+    drop(store);
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    assert_eq!(rows_per_batch(&store), expected);
+    assert_eq!(append_from(&store, "p", 3, 6).unwrap(), Appended::Duplicate);
+}
+
+/// A store from before the manifest (files named by the last log sequence
+/// they hold, the log in one `wal` file) is adopted as it is: its files and
+/// the log records past them are read once, and a manifest is written.
+#[test]
+fn a_store_from_before_the_manifest_is_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    store.append(&batch_rows(1, 6)).unwrap();
+    store.append(&batch_rows(2, 5)).unwrap();
+    store.flush().unwrap();
+    store.append(&batch_rows(3, 4)).unwrap();
+    drop(store);
+    // The old layout: no manifest, and the log as `wal` beside `flows/`.
+    std::fs::remove_file(dir.path().join("manifest")).unwrap();
+    std::fs::rename(last_segment(dir.path()), dir.path().join("wal")).unwrap();
+    assert!(
+        std::fs::read_dir(dir.path().join("log"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    let expected = BTreeMap::from([(1, 6), (2, 5), (3, 4)]);
+    assert_eq!(rows_per_batch(&store), expected);
+    assert_eq!(
+        (store.stats().disk_rows, store.stats().memory_rows),
+        (11, 4)
+    );
+    assert!(
+        dir.path().join("manifest").is_file(),
+        "a first manifest is written"
+    );
+    store.flush().unwrap();
+    drop(store);
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    assert_eq!(rows_per_batch(&store), expected, "adopted once, not again");
+    assert!(
+        !dir.path().join("wal").exists(),
+        "the old log is trimmed once flushed"
+    );
+}
