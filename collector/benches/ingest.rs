@@ -64,8 +64,7 @@ fn cluster_yaml() -> String {
         y += &format!(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: default-deny, namespace: ns-{ns:02}}}\nspec: {{podSelector: {{}}, policyTypes: [Ingress]}}\n---\n"
         );
-        for w in 0..WORKLOADS {
-            let port = PORTS[w];
+        for (w, port) in PORTS.iter().enumerate() {
             y += &format!(
                 "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: allow-w{w}, namespace: ns-{ns:02}}}\nspec:\n  podSelector: {{matchLabels: {{app: w{w}}}}}\n  ingress:\n    - from: [{{podSelector: {{}}}}, {{namespaceSelector: {{matchLabels: {{team: front}}}}}}]\n      ports: [{{protocol: TCP, port: {port}}}]\n---\n"
             );

@@ -422,7 +422,7 @@ fn ingest_goes_on_while_a_flush_is_paused() {
     store.wait_paused();
     // Appends must not wait for the paused flush: run them on a thread and
     // give up (failing) if they have not returned in time.
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
     let appender = {
         let store = store.clone();
         std::thread::spawn(move || {
