@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use flowgate_policy::{Cluster, Endpoint, Protocol};
 use flowgate_query::filter::{self, Expr};
+use flowgate_query::map::MapLevel;
 use flowgate_query::{FlowStore, QueryEngine, QueryError, QueryResult, Verdict};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -101,6 +102,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/query", post(query))
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/connections", get(connections))
+        .route("/api/v1/map", get(map))
         .route("/api/v1/explain", get(explain))
         .route("/api/v1/policies", get(policies))
         .route("/api/v1/lint", get(lint))
@@ -206,13 +208,16 @@ fn end_filter(side: &str, param: &str, value: &str) -> Result<Expr, ApiError> {
         return Ok(filter::prefix(&column("ip"), prefix));
     }
     match value.split_once('/') {
+        // A namespace name has no dot (RFC 1123 label): a dotted name is
+        // the DNS name a pod resolved for an external address.
+        None if value.contains('.') => Ok(filter::eq(&column("dns_name"), value)),
         None if !value.is_empty() => Ok(filter::eq(&column("namespace"), value)),
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
             Ok(filter::eq(&column("namespace"), ns)
                 .and(filter::eq(&column("workload"), name).or(filter::eq(&column("pod"), name))))
         }
         _ => Err(ApiError::bad(format!(
-            "{param}={value:?}: expected an IP, an IPv4 /8, /16 or /24 network, a namespace, or namespace/workload-or-pod"
+            "{param}={value:?}: expected an IP, an IPv4 /8, /16 or /24 network, a namespace, namespace/workload-or-pod, or a DNS name"
         ))),
     }
 }
@@ -307,6 +312,78 @@ async fn connections(
     Ok(Json(json!({ "connections": rows })))
 }
 
+/// `time` from `since` to before `until` (either may be absent).
+fn time_window(since: Option<&str>, until: Option<&str>) -> Result<Vec<Expr>, ApiError> {
+    let mut filters = Vec::new();
+    if let Some(since) = since {
+        filters.push(filter::col("time").gt_eq(filter::timestamp(time_bound("since", since)?)));
+    }
+    if let Some(until) = until {
+        filters.push(filter::col("time").lt(filter::timestamp(time_bound("until", until)?)));
+    }
+    Ok(filters)
+}
+
+#[derive(Debug, Deserialize)]
+struct MapParams {
+    /// `namespace` (default), `workload` or `pod`.
+    level: Option<String>,
+    /// The namespace expanded into workloads (`workload` and `pod` levels).
+    namespace: Option<String>,
+    /// The workload expanded into pods (`pod` level).
+    workload: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+impl MapParams {
+    fn level(&self) -> Result<MapLevel, ApiError> {
+        let level = self.level.as_deref().unwrap_or("namespace");
+        let need = |name: &str, value: &Option<String>| {
+            value
+                .as_deref()
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::bad(format!("level={level} needs {name}=...")))
+        };
+        match level {
+            "namespace" => Ok(MapLevel::Namespace),
+            "workload" => Ok(MapLevel::Workload {
+                namespace: need("namespace", &self.namespace)?,
+            }),
+            "pod" => Ok(MapLevel::Pod {
+                namespace: need("namespace", &self.namespace)?,
+                workload: need("workload", &self.workload)?,
+            }),
+            other => Err(ApiError::bad(format!(
+                "level={other:?}: expected namespace, workload or pod"
+            ))),
+        }
+    }
+}
+
+/// The map's edges: connections between the nodes of one level, counted
+/// by verdict, most connections first.
+async fn map(
+    State(state): State<AppState>,
+    Query(p): Query<MapParams>,
+) -> Result<Json<Value>, ApiError> {
+    let level = p.level()?;
+    let window = time_window(p.since.as_deref(), p.until.as_deref())?;
+    let result = state.engine.map(&level, filter::all(window)).await;
+    state
+        .metrics
+        .query_seconds
+        .observe(result.as_ref().map_or(0.0, |r| r.elapsed.as_secs_f64()));
+    let result = result?;
+    let (truncated, elapsed) = (result.truncated, result.elapsed);
+    Ok(Json(json!({
+        "edges": rows(result),
+        "truncated": truncated,
+        "query_ms": elapsed.as_secs_f64() * 1000.0,
+    })))
+}
+
 /// The filter and row count that list parameters ask for (columns both
 /// `flows` and `connections` have).
 fn list_filter(p: &FlowsParams, max_rows: usize) -> Result<(Option<Expr>, usize), ApiError> {
@@ -363,12 +440,7 @@ fn list_filter(p: &FlowsParams, max_rows: usize) -> Result<(Option<Expr>, usize)
             .map_err(|_| ApiError::bad(format!("port={port:?}: expected 0-65535")))?;
         filters.push(filter::col("dst_port").eq(filter::lit(port)));
     }
-    if let Some(since) = &p.since {
-        filters.push(filter::col("time").gt_eq(filter::timestamp(time_bound("since", since)?)));
-    }
-    if let Some(until) = &p.until {
-        filters.push(filter::col("time").lt(filter::timestamp(time_bound("until", until)?)));
-    }
+    filters.extend(time_window(p.since.as_deref(), p.until.as_deref())?);
     let limit = match &p.limit {
         Some(l) => l
             .parse::<usize>()

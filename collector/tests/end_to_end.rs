@@ -172,6 +172,45 @@ async fn flows_are_judged_stored_and_queryable() -> Result<()> {
         json!([{"dst_port": 80}, {"dst_port": 5432}])
     );
 
+    // The map over HTTP: the namespace level has the namespaces and the
+    // /24 outside; a level without its namespace is the caller's mistake.
+    let map = client::http_json(http::Method::GET, &format!("{http}/api/v1/map"), None).await?;
+    let edges: Vec<String> = map["edges"]
+        .as_array()
+        .context("edges")?
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} -> {} {}",
+                e["src_kind"], e["src"], e["dst_kind"], e["dst"]
+            )
+        })
+        .collect();
+    assert!(
+        edges.contains(&r#""namespace" "other" -> "namespace" "shop""#.to_owned()),
+        "{edges:?}"
+    );
+    assert!(
+        edges
+            .iter()
+            .all(|e| !e.contains("\"pod\"") && !e.contains("\"workload\"")),
+        "{edges:?}"
+    );
+    match client::http_json(
+        http::Method::GET,
+        &format!("{http}/api/v1/map?level=workload"),
+        None,
+    )
+    .await
+    {
+        Err(client::ClientError::Status {
+            status: 400,
+            message,
+            ..
+        }) => assert!(message.contains("needs namespace"), "{message}"),
+        other => bail!("expected a 400, got {other:?}"),
+    }
+
     // A bad query is the caller's mistake: 400 with the engine's message.
     match client::query(&http, "SELECT nope FROM flows").await {
         Err(client::ClientError::Status {

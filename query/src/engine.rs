@@ -27,6 +27,7 @@ use crate::connections::ConnectionsTable;
 use crate::coverage::{PodIsolationRow, RuleHitsTable, pod_isolation_batch};
 use crate::format::QueryResult;
 use crate::observed::DistinctConnection;
+use crate::map::MapLevel;
 use crate::provider::FlowsTable;
 use crate::store::FlowStore;
 
@@ -461,6 +462,23 @@ impl QueryEngine {
             });
         }
         crate::observed::fold(&result.batches)
+    }
+
+    /// The map's edges at `level` over the connections matching `filter`
+    /// (see [`crate::map`]).
+    pub async fn map(
+        &self,
+        level: &MapLevel,
+        filter: Option<Expr>,
+    ) -> Result<QueryResult, QueryError> {
+        self.run(async {
+            let mut df = self.ctx.table("connections").await?;
+            if let Some(f) = filter {
+                df = df.filter(f)?;
+            }
+            Ok(crate::map::edges(df, level)?)
+        })
+        .await
     }
 
     /// Plans with `plan`, then runs it within the time and row limits.

@@ -19,6 +19,7 @@ mod engine;
 pub mod filter;
 mod format;
 mod manifest;
+pub mod map;
 pub mod model;
 pub mod observed;
 mod provider;

@@ -1,6 +1,8 @@
 // The live flows table: newest first, refreshed without reloading, filters
 // in the URL, and only the rows in view in the DOM so that tens of
-// thousands of flows scroll smoothly.
+// thousands of flows scroll smoothly. It lists connections (one row per
+// connection and minute: both observation points and the replies folded)
+// unless the person asks for every observation.
 
 import * as api from "./api.js";
 import {
@@ -12,6 +14,8 @@ const ROW_HEIGHT = 30;
 /** Extra rows rendered above and below the visible ones. */
 const OVERSCAN = 12;
 const REFRESH_MS = 2000;
+/** What a row is: `show=connections` (the default) or `show=observations`. */
+const SHOW = { connections: { path: "connections", noun: "connection" }, observations: { path: "flows", noun: "observation" } };
 const FILTERS = ["namespace", "pod", "from", "to", "policy", "verdict", "port", "mismatch", "since", "until", "limit"];
 const COLUMNS = ["Time", "Source", "Destination", "Port", "Packets", "Bytes", "Kernel", "Verdict", "Policies", ""];
 
@@ -77,7 +81,7 @@ export function mount(root, params, ctx) {
     fill(
       status,
       h("span", { class: state.live ? "live on" : "live" }, state.live ? "● live" : "❚❚ paused"),
-      ` · ${fmtCount(n)} flow${n === 1 ? "" : "s"}`,
+      ` · ${fmtCount(n)} ${show(state.params).noun}${n === 1 ? "" : "s"}`,
       n >= Number(state.params.limit || 0) ? ` (newest ${fmtCount(n)}; raise the limit or narrow the filters for more)` : "",
       extra,
     );
@@ -90,9 +94,10 @@ export function mount(root, params, ctx) {
     const started = performance.now();
     let wait = REFRESH_MS;
     try {
-      const answer = await api.get("flows", query(state.params));
+      const what = show(state.params);
+      const answer = await api.get(what.path, query(state.params));
       if (state.stopped) return;
-      state.rows = answer.flows;
+      state.rows = answer[what.path];
       ctx.clearError();
       renderRows(true);
       showStatus(` · updated ${new Date().toLocaleTimeString()}`);
@@ -127,6 +132,10 @@ export function mount(root, params, ctx) {
   };
 }
 
+function show(params) {
+  return SHOW[params.show] || SHOW.connections;
+}
+
 function query(params) {
   const q = {};
   for (const k of FILTERS) if (params[k]) q[k] = params[k];
@@ -150,8 +159,8 @@ function rowNode(r, i) {
     h("div", { class: "end", title: r.src_ip }, endName(r, "src"), r.is_reply ? h("span", { class: "muted" }, " (reply)") : null),
     h("div", { class: "end", title: r.dst_ip }, endName(r, "dst")),
     h("div", { class: "mono" }, port),
-    h("div", { class: "num" }, fmtCount(r.packets)),
-    h("div", { class: "num" }, fmtBytes(r.bytes)),
+    h("div", { class: "num", title: r.packets_delivered === undefined ? "" : `${fmtCount(r.packets_delivered)} delivered, ${fmtCount(r.reply_packets)} in replies` }, fmtCount(r.packets ?? r.packets_sent)),
+    h("div", { class: "num" }, fmtBytes(r.bytes ?? r.bytes_sent)),
     h("div", {}, fateBadge(r)),
     h("div", {}, verdictBadge(r.verdict)),
     h("div", { class: "policies", title: policies.join(", ") }, policies.join(", ")),
@@ -174,6 +183,7 @@ function filterForm(params, apply) {
     field("mismatch", "Mismatch", select("mismatch", [["", "any"], ["true", "only mismatches"], ["false", "no mismatch"]])),
     field("since", "Since", select("since", [["5m", "5 min"], ["15m", "15 min"], ["1h", "1 hour"], ["6h", "6 hours"], ["24h", "24 hours"], ["7d", "7 days"], ["all", "all time"]])),
     field("until", "Until", text("until", "now (or 10m ago: 10m)")),
+    field("show", "Rows are", select("show", [["connections", "connections"], ["observations", "observations"]])),
     field("limit", "Rows", select("limit", [["1000", "1,000"], ["10000", "10,000"], ["50000", "50,000"]])),
     h("button", { type: "submit" }, "Apply"),
   );

@@ -1,36 +1,62 @@
-// The traffic map: namespaces as columns, workloads as nodes, observed
-// connections as edges coloured by verdict (allowed, denied, mismatch) with
-// their flow counts. Clicking an edge opens those flows.
+// The traffic map, by levels: one node per namespace; click a namespace to
+// see its workloads, a workload to see its pods. Edges are connections
+// (GET /api/v1/map), counted allowed / denied / mismatched, thicker with
+// more connections. What matters first: on a big map only the edges with
+// denials or mismatches, the top ones ranked in a list beside the drawing
+// ("N more" for the rest), and a search that focuses a node and its edges.
+// Nodes sit in fixed cells with their labels cut to the cell, so no label
+// overlaps another; the full name is in the tooltip.
 
 import * as api from "./api.js";
-import { fill, fmtCount, h, hashFor } from "./dom.js";
+import { fill, fmtBytes, fmtCount, h, hashFor } from "./dom.js";
 
-const COL_W = 260;
-const ROW_H = 84;
-const TOP = 56;
-/** External addresses shown one by one; the rest share one node. */
-const MAX_EXTERNAL = 12;
-const EXTERNAL = "external";
+const CELL_W = 150;
+const CELL_H = 78;
+const COLS = 6;
+const BAND_HEAD = 30;
+const GAP = 14;
+/** More edges than this: only denials and mismatches unless asked. */
+const BUSY = 50;
+/** Edges drawn and listed at first; "N more" adds as many again. */
+const TOP = 30;
+const LABEL_CHARS = 19;
 
 export function mount(root, params, ctx) {
-  const since = params.since || "1h";
+  const state = { params: { since: "1h", ...params }, answer: null, shown: Number(params.top) || TOP };
   const picker = h(
     "select",
     { name: "since", id: "map-since" },
     [["15m", "15 min"], ["1h", "1 hour"], ["6h", "6 hours"], ["24h", "24 hours"], ["7d", "7 days"], ["all", "all time"]].map(([v, l]) =>
-      h("option", { value: v, selected: v === since }, l),
+      h("option", { value: v, selected: v === state.params.since }, l),
     ),
   );
-  picker.addEventListener("change", () => {
-    location.hash = hashFor("map", { since: picker.value });
+  picker.addEventListener("change", () => go({ ...state.params, since: picker.value }));
+  const only = h("input", { type: "checkbox", id: "map-only" });
+  only.addEventListener("change", () => {
+    state.params.only = only.checked ? "problems" : "all";
+    ctx.setParams("map", state.params);
+    show();
   });
+  const search = h("input", { type: "search", id: "map-search", placeholder: "namespace or ns/workload", value: state.params.q || "", size: 24 });
+  search.addEventListener("input", () => {
+    state.params.q = search.value.trim();
+    ctx.setParams("map", state.params);
+    show();
+  });
+  search.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") expandFor(search.value.trim());
+  });
+  const status = h("span", { class: "muted", id: "map-status" }, "loading…");
   const canvas = h("div", { class: "map", id: "map" }, h("p", { class: "muted" }, "Loading…"));
+  const side = h("aside", { class: "map-edges", id: "map-edges" });
   fill(
     root,
     h(
       "section",
       { class: "toolbar" },
       h("label", {}, h("span", {}, "Since"), picker),
+      h("label", {}, h("span", {}, "Find"), search),
+      h("label", { class: "inline" }, only, h("span", {}, "only denials and mismatches")),
       h(
         "span",
         { class: "legend" },
@@ -39,175 +65,287 @@ export function mount(root, params, ctx) {
         h("span", { class: "swatch mismatch" }), "mismatch (kernel disagrees with the policies)",
       ),
     ),
-    canvas,
+    h("div", { class: "statusline" }, crumbs(state.params), status),
+    h("div", { class: "map-layout" }, canvas, side),
   );
-  draw(canvas, since, ctx);
-}
+  load();
 
-async function draw(canvas, since, ctx) {
-  const where = [api.sinceClause(since), "NOT is_reply"].filter(Boolean).join(" AND ");
-  const text = `SELECT
-      src_namespace, COALESCE(src_workload, src_pod) AS src_name, src_ip,
-      dst_namespace, COALESCE(dst_workload, dst_pod) AS dst_name, dst_ip,
-      verdict, enforcement_mismatch, count(*) AS flows, sum(packets) AS packets
-    FROM flows WHERE ${where}
-    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8`;
-  let answer;
-  try {
-    answer = await api.sql(text);
-  } catch (e) {
-    ctx.showError(e);
-    fill(canvas, h("p", { class: "error-inline" }, e.message));
-    return;
+  function go(next) {
+    location.hash = hashFor("map", next);
   }
-  const graph = build(answer.rows);
-  if (!graph.edges.length) {
-    fill(canvas, h("p", { class: "empty" }, "No traffic observed in this time range."));
-    return;
-  }
-  fill(canvas, render(graph, since));
-}
 
-/** Rows → nodes (namespace/workload or external address) and edges per (src, dst, kind). */
-function build(rows) {
-  const externalTotals = new Map();
-  for (const r of rows) {
-    for (const side of ["src", "dst"]) {
-      if (!r[`${side}_namespace`]) {
-        const ip = r[`${side}_ip`];
-        externalTotals.set(ip, (externalTotals.get(ip) || 0) + Number(r.flows));
-      }
+  /** Enter in the search: `ns` or `ns/workload` opens that level. */
+  function expandFor(text) {
+    if (!text || !state.answer) return;
+    const [ns, workload] = text.split("/");
+    if (!state.answer.nodes.has(ns) && !state.answer.nodes.has(text)) return;
+    const next = { ...state.params, ns, q: text };
+    if (workload && state.answer.nodes.get(text)?.kind === "workload") next.workload = workload;
+    else delete next.workload;
+    if (next.ns !== state.params.ns || next.workload !== state.params.workload) go(next);
+  }
+
+  async function load() {
+    const p = state.params;
+    const query = { since: p.since === "all" ? "" : p.since };
+    if (p.ns && p.workload) Object.assign(query, { level: "pod", namespace: p.ns, workload: p.workload });
+    else if (p.ns) Object.assign(query, { level: "workload", namespace: p.ns });
+    const started = performance.now();
+    let answer;
+    try {
+      answer = await api.get("map", query);
+    } catch (e) {
+      ctx.showError(e);
+      fill(canvas, h("p", { class: "error-inline" }, e.message));
+      fill(status, "failed");
+      return;
     }
+    const fetched = performance.now();
+    state.answer = graph(answer.edges);
+    state.timing = { query_ms: fetched - started, server_ms: answer.query_ms, truncated: answer.truncated };
+    if (!("only" in p)) only.checked = state.answer.edges.length > BUSY;
+    else only.checked = p.only === "problems";
+    show();
   }
-  const externalNode = externalGrouping(externalTotals);
-  const end = (r, side) => {
-    const ns = r[`${side}_namespace`];
-    if (ns) return { ns, name: r[`${side}_name`], filter: `${ns}/${r[`${side}_name`]}` };
-    const { name, filter } = externalNode(r[`${side}_ip`]);
-    return { ns: EXTERNAL, name, filter };
-  };
-  const nodes = new Map();
-  const edges = new Map();
-  for (const r of rows) {
-    const s = end(r, "src");
-    const d = end(r, "dst");
-    for (const n of [s, d]) nodes.set(`${n.ns}/${n.name}`, n);
-    const kind = r.enforcement_mismatch ? "mismatch" : r.verdict;
-    const key = `${s.ns}/${s.name}→${d.ns}/${d.name}→${kind}`;
-    const e = edges.get(key) || { src: `${s.ns}/${s.name}`, dst: `${d.ns}/${d.name}`, from: s.filter, to: d.filter, kind, verdict: r.verdict, flows: 0, packets: 0 };
-    e.flows += Number(r.flows);
-    e.packets += Number(r.packets);
-    edges.set(key, e);
-  }
-  return { nodes, edges: [...edges.values()] };
-}
 
-/** Few external addresses are shown one by one; many are grouped by IPv4
- * /24 (the flows page filters on such a prefix), the smallest groups and
- * IPv6 addresses beyond the limit sharing one "other addresses" node. */
-function externalGrouping(totals) {
-  const other = { name: "other addresses", filter: "" };
-  if (totals.size <= MAX_EXTERNAL) return (ip) => ({ name: ip, filter: ip });
-  const net = (ip) => (ip.includes(".") ? `${ip.split(".").slice(0, 3).join(".")}.0/24` : null);
-  const groups = new Map();
-  for (const [ip, n] of totals) {
-    const g = net(ip);
-    if (g) groups.set(g, (groups.get(g) || 0) + n);
-  }
-  const keep = new Set([...groups.entries()].sort((a, b) => b[1] - a[1]).slice(0, MAX_EXTERNAL - 1).map(([g]) => g));
-  return (ip) => {
-    const g = net(ip);
-    return g && keep.has(g) ? { name: g, filter: g } : other;
-  };
-}
-
-function render(graph, since) {
-  const namespaces = [...new Set([...graph.nodes.values()].map((n) => n.ns))].sort((a, b) =>
-    a === EXTERNAL ? 1 : b === EXTERNAL ? -1 : a.localeCompare(b),
-  );
-  const pos = new Map();
-  let rowsMax = 0;
-  namespaces.forEach((ns, col) => {
-    const members = [...graph.nodes.values()].filter((n) => n.ns === ns).sort((a, b) => a.name.localeCompare(b.name));
-    rowsMax = Math.max(rowsMax, members.length);
-    members.forEach((n, row) => pos.set(`${n.ns}/${n.name}`, { x: col * COL_W + COL_W / 2, y: TOP + row * ROW_H + ROW_H / 2 }));
-  });
-  const width = Math.max(namespaces.length * COL_W, 600);
-  const height = TOP + rowsMax * ROW_H + 30;
-  const maxFlows = Math.max(...graph.edges.map((e) => e.flows));
-
-  // Several edges between the same two nodes (allowed and denied) are bent
-  // apart so each stays visible and clickable.
-  const pairCount = new Map();
-  const edgeNodes = graph.edges.map((e) => {
-    const pair = [e.src, e.dst].sort().join("|");
-    const nth = pairCount.get(pair) || 0;
-    pairCount.set(pair, nth + 1);
-    const a = pos.get(e.src);
-    const b = pos.get(e.dst);
-    const bend = 40 + nth * 28;
-    let d;
-    let mid;
-    if (e.src === e.dst) {
-      d = `M ${a.x + 14} ${a.y - 8} C ${a.x + 70 + nth * 20} ${a.y - 50}, ${a.x + 70 + nth * 20} ${a.y + 50}, ${a.x + 14} ${a.y + 8}`;
-      mid = { x: a.x + 58 + nth * 15, y: a.y };
-    } else {
-      const mx = (a.x + b.x) / 2;
-      const my = (a.y + b.y) / 2;
-      const dx = b.x - a.x;
-      const dy = b.y - a.y;
-      const len = Math.hypot(dx, dy) || 1;
-      const cx = mx - (dy / len) * bend;
-      const cy = my + (dx / len) * bend;
-      d = `M ${a.x} ${a.y} Q ${cx} ${cy} ${b.x} ${b.y}`;
-      mid = { x: (a.x + 2 * cx + b.x) / 4, y: (a.y + 2 * cy + b.y) / 4 };
+  function show() {
+    const started = performance.now();
+    const g = state.answer;
+    if (!g) return;
+    if (!g.edges.length) {
+      fill(canvas, h("p", { class: "empty" }, "No traffic observed in this time range."));
+      fill(side);
+      fill(status, "no connections");
+      return;
     }
-    const widthPx = 1.5 + 4 * Math.log1p(e.flows) / Math.log1p(maxFlows);
-    const filters = { from: e.from, to: e.to, since, verdict: e.verdict, mismatch: e.kind === "mismatch" ? "true" : "" };
-    const title = `${e.src} → ${e.dst}: ${fmtCount(e.flows)} ${e.kind} flow${e.flows === 1 ? "" : "s"}, ${fmtCount(e.packets)} packets — click to see them`;
-    const open = () => {
-      location.hash = hashFor("flows", filters);
-    };
-    return h(
-      "g",
-      { class: `edge ${e.kind}`, dataset: { src: e.src, dst: e.dst, kind: e.kind, flows: String(e.flows) }, onclick: open },
-      h("title", {}, title),
-      h("path", { class: "edge-hit", d }),
-      h("path", { class: "edge-line", d, "stroke-width": widthPx.toFixed(1), "marker-end": `url(#arrow-${e.kind})` }),
-      h("text", { class: "edge-label", x: mid.x, y: mid.y }, fmtCount(e.flows)),
+    const q = (state.params.q || "").toLowerCase();
+    const hits = new Set([...g.nodes.keys()].filter((id) => q && id.toLowerCase().includes(q)));
+    let edges = g.edges;
+    if (only.checked) edges = edges.filter((e) => e.denied || e.mismatched);
+    if (hits.size) edges = edges.filter((e) => hits.has(e.src) || hits.has(e.dst));
+    const top = edges.slice(0, state.shown);
+    const layout = place(g, top, state.params);
+    fill(canvas, drawing(g, layout, top, hits, state.params));
+    fill(side, edgeList(top, edges.length, state.params, () => {
+      state.shown += TOP;
+      state.params.top = String(state.shown);
+      ctx.setParams("map", state.params);
+      show();
+    }));
+    const focus = canvas.querySelector("g.node.hit");
+    if (focus) focus.scrollIntoView({ block: "nearest", inline: "nearest" });
+    const render = performance.now() - started;
+    state.timing.render_ms = render;
+    window.__mapTimings = { ...state.timing };
+    fill(
+      status,
+      `${fmtCount(g.edges.length)} edges between ${fmtCount(g.nodes.size)} nodes`,
+      only.checked ? ` · ${fmtCount(edges.length)} with denials or mismatches` : "",
+      ` · data ${Math.round(state.timing.query_ms)} ms (query ${Math.round(state.timing.server_ms)} ms) · drawn in ${Math.round(render)} ms`,
+      state.timing.truncated ? " · truncated at the row limit" : "",
     );
-  });
+  }
+}
 
-  const columns = namespaces.map((ns, col) =>
+/** Where you are: all namespaces › namespace › workload, each a link up. */
+function crumbs(p) {
+  const up = (extra) => hashFor("map", { since: p.since, only: p.only, ...extra });
+  return h(
+    "nav",
+    { class: "crumbs", id: "map-crumbs" },
+    p.ns ? h("a", { href: up({}) }, "all namespaces") : h("b", {}, "all namespaces"),
+    p.ns ? [" › ", p.workload ? h("a", { href: up({ ns: p.ns }) }, p.ns) : h("b", {}, p.ns)] : null,
+    p.workload ? [" › ", h("b", {}, p.workload)] : null,
+    " ",
+  );
+}
+
+/** Edge rows → nodes (id → kind, namespace) and edges with their worst kind. */
+function graph(rows) {
+  const nodes = new Map();
+  const edges = rows.map((r) => {
+    for (const s of ["src", "dst"]) {
+      if (!nodes.has(r[s])) nodes.set(r[s], { id: r[s], kind: r[`${s}_kind`] });
+    }
+    const e = {
+      src: r.src,
+      dst: r.dst,
+      connections: Number(r.connections),
+      allowed: Number(r.allowed),
+      denied: Number(r.denied),
+      mismatched: Number(r.mismatched),
+      bytes: Number(r.bytes_sent || 0),
+    };
+    e.kind = e.mismatched ? "mismatch" : e.denied ? "denied" : "allowed";
+    return e;
+  });
+  // Problems first, then by connections: the list answers "where are the
+  // denials" before "where is the traffic".
+  edges.sort((a, b) => b.mismatched + b.denied - (a.mismatched + a.denied) || b.connections - a.connections);
+  return { nodes, edges };
+}
+
+const OUTSIDE = new Set(["network", "dns_name"]);
+
+/** Bands of cells: the expanded workload's pods, the expanded namespace's
+ * workloads, the other namespaces, then the addresses outside the cluster
+ * that the drawn edges reach (there may be thousands). */
+function place(g, edges, p) {
+  const reached = new Set(edges.flatMap((e) => [e.src, e.dst]));
+  const bands = [
+    { key: "pods", title: p.workload ? `pods of ${p.ns}/${p.workload} (click the band title to close)` : "", members: [] },
+    { key: "workloads", title: p.ns ? `workloads of namespace ${p.ns} (click a workload for its pods)` : "", members: [] },
+    { key: "namespaces", title: "namespaces (click one for its workloads)", members: [] },
+    { key: "outside", title: "outside the cluster: by DNS name where known, else by /24", members: [] },
+  ];
+  const band = { pod: bands[0], workload: bands[1], namespace: bands[2] };
+  for (const n of g.nodes.values()) {
+    if (!OUTSIDE.has(n.kind)) band[n.kind].members.push(n);
+    else if (reached.has(n.id)) bands[3].members.push(n);
+  }
+  const pos = new Map();
+  const boxes = [];
+  let y = GAP;
+  for (const b of bands) {
+    if (!b.members.length) continue;
+    b.members.sort((a, c) => a.id.localeCompare(c.id));
+    const rows = Math.ceil(b.members.length / COLS);
+    boxes.push({ ...b, y, height: BAND_HEAD + rows * CELL_H });
+    b.members.forEach((n, i) => {
+      pos.set(n.id, { x: GAP + (i % COLS) * CELL_W + CELL_W / 2, y: y + BAND_HEAD + Math.floor(i / COLS) * CELL_H + CELL_H / 2 - 8 });
+    });
+    y += BAND_HEAD + rows * CELL_H + GAP;
+  }
+  return { pos, boxes, width: 2 * GAP + COLS * CELL_W, height: y };
+}
+
+function shortLabel(n) {
+  let text = n.id;
+  if (n.kind === "workload" || n.kind === "pod") text = text.slice(text.indexOf("/") + 1);
+  return text.length > LABEL_CHARS ? `${text.slice(0, LABEL_CHARS - 1)}…` : text;
+}
+
+function drawing(g, layout, edges, hits, p) {
+  const { pos, boxes, width, height } = layout;
+  const max = Math.max(1, ...edges.map((e) => e.connections));
+  const bandNodes = boxes.map((b) =>
     h(
       "g",
-      { class: "ns" },
-      h("rect", { x: col * COL_W + 8, y: 8, width: COL_W - 16, height: height - 16, rx: 10 }),
-      h("text", { class: "ns-label", x: col * COL_W + COL_W / 2, y: 32 }, ns === EXTERNAL ? "outside the cluster" : `namespace ${ns}`),
+      { class: `band ${b.key}`, dataset: { band: b.key } },
+      h("rect", { x: GAP / 2, y: b.y - GAP / 2, width: width - GAP, height: b.height + GAP / 2, rx: 10 }),
+      h(
+        "text",
+        {
+          class: "band-label",
+          x: GAP,
+          y: b.y + 12,
+          onclick: b.key === "pods" ? () => (location.hash = hashFor("map", { ...p, workload: "" })) : b.key === "workloads" ? () => (location.hash = hashFor("map", { ...p, ns: "", workload: "" })) : null,
+        },
+        b.title,
+      ),
     ),
   );
-  const nodes = [...graph.nodes.values()].map((n) => {
-    const p = pos.get(`${n.ns}/${n.name}`);
+  const pairs = new Map();
+  const lines = edges.map((e) => {
+    const pair = [e.src, e.dst].sort().join("|");
+    const nth = pairs.get(pair) || 0;
+    pairs.set(pair, nth + 1);
+    const d = curve(pos.get(e.src), pos.get(e.dst), nth, e.src === e.dst);
+    const widthPx = 1.5 + (6.5 * Math.log1p(e.connections)) / Math.log1p(max);
+    const lit = hits.size && (hits.has(e.src) || hits.has(e.dst));
     return h(
       "g",
-      { class: `node${n.ns === EXTERNAL ? " external" : ""}`, dataset: { node: `${n.ns}/${n.name}` } },
-      h("circle", { cx: p.x, cy: p.y, r: 12 }),
-      h("text", { x: p.x, y: p.y + 27 }, n.name),
+      { class: `edge ${e.kind}${lit ? " lit" : ""}`, dataset: { src: e.src, dst: e.dst, kind: e.kind, connections: String(e.connections) }, onclick: () => (location.hash = flowsLink(e, p)) },
+      h("title", {}, edgeTitle(e)),
+      h("path", { class: "edge-hit", d }),
+      h("path", { class: "edge-line", d, "stroke-width": widthPx.toFixed(1), "marker-end": `url(#arrow-${e.kind})` }),
+    );
+  });
+  const nodes = [...g.nodes.values()].filter((n) => pos.has(n.id)).map((n) => {
+    const at = pos.get(n.id);
+    const expand = nodeAction(n, p);
+    return h(
+      "g",
+      { class: `node ${n.kind}${hits.has(n.id) ? " hit" : ""}${expand ? " expandable" : ""}`, dataset: { node: n.id, kind: n.kind }, onclick: expand },
+      h("title", {}, `${n.kind.replace("_", " ")} ${n.id}${expand ? " — click to open" : ""}`),
+      h("circle", { cx: at.x, cy: at.y, r: n.kind === "namespace" ? 14 : 11 }),
+      h("text", { x: at.x, y: at.y + 28 }, shortLabel(n)),
     );
   });
   const markers = ["allowed", "denied", "mismatch"].map((k) =>
     h(
       "marker",
-      { id: `arrow-${k}`, viewBox: "0 0 10 10", refX: 22, refY: 5, markerWidth: 10, markerHeight: 10, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" },
+      { id: `arrow-${k}`, viewBox: "0 0 10 10", refX: 24, refY: 5, markerWidth: 9, markerHeight: 9, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" },
       h("path", { d: "M 0 0 L 10 5 L 0 10 z", class: `arrowhead ${k}` }),
     ),
   );
   return h(
     "svg",
-    { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "traffic map" },
+    { class: hits.size ? "searching" : "", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "traffic map" },
     h("defs", {}, markers),
-    columns,
-    h("g", { class: "edges" }, edgeNodes),
+    bandNodes,
+    h("g", { class: "edges" }, lines),
     nodes,
   );
+}
+
+/** Clicking a namespace opens its workloads; a workload, its pods. */
+function nodeAction(n, p) {
+  if (n.kind === "namespace") return () => (location.hash = hashFor("map", { since: p.since, only: p.only, ns: n.id }));
+  if (n.kind === "workload") {
+    const [ns, workload] = n.id.split("/");
+    return () => (location.hash = hashFor("map", { since: p.since, only: p.only, ns, workload }));
+  }
+  return null;
+}
+
+function curve(a, b, nth, self) {
+  if (self) {
+    const r = 26 + nth * 8;
+    return `M ${a.x - 8} ${a.y - 12} C ${a.x - r} ${a.y - 2.4 * r}, ${a.x + r} ${a.y - 2.4 * r}, ${a.x + 8} ${a.y - 12}`;
+  }
+  const dx = b.x - a.x;
+  const dy = b.y - a.y;
+  const len = Math.hypot(dx, dy) || 1;
+  // Bent to one side by direction, so a→b and b→a stay apart.
+  const bend = Math.min(60, 18 + len / 8) + nth * 14;
+  const cx = (a.x + b.x) / 2 - (dy / len) * bend;
+  const cy = (a.y + b.y) / 2 + (dx / len) * bend;
+  return `M ${a.x} ${a.y} Q ${cx} ${cy} ${b.x} ${b.y}`;
+}
+
+function edgeTitle(e) {
+  return `${e.src} → ${e.dst}: ${fmtCount(e.connections)} connection${e.connections === 1 ? "" : "s"} (${fmtCount(e.allowed)} allowed, ${fmtCount(e.denied)} denied, ${fmtCount(e.mismatched)} mismatched), ${fmtBytes(e.bytes)} sent — click to see them`;
+}
+
+/** The flows page filtered to an edge's connections, the worst kind first. */
+function flowsLink(e, p) {
+  return hashFor("flows", {
+    from: e.src,
+    to: e.dst,
+    since: p.since,
+    verdict: e.kind === "denied" ? "denied" : "",
+    mismatch: e.kind === "mismatch" ? "true" : "",
+  });
+}
+
+function edgeList(edges, total, p, more) {
+  if (!edges.length) return h("p", { class: "empty" }, "No edge matches.");
+  const count = (n, kind) => (n ? h("span", { class: `count ${kind}` }, `${fmtCount(n)} ${kind}`) : null);
+  return [
+    h("h3", {}, `Top ${fmtCount(edges.length)} of ${fmtCount(total)} edges`),
+    h(
+      "ol",
+      { class: "edge-list" },
+      edges.map((e) =>
+        h(
+          "li",
+          { class: `edge-item ${e.kind}`, dataset: { src: e.src, dst: e.dst, kind: e.kind } },
+          h("a", { href: flowsLink(e, p), title: edgeTitle(e) }, h("span", { class: "ends" }, `${e.src} → ${e.dst}`)),
+          h("span", { class: "counts" }, `${fmtCount(e.connections)} conn. `, count(e.denied, "denied"), " ", count(e.mismatched, "mismatched")),
+        ),
+      ),
+    ),
+    total > edges.length ? h("button", { type: "button", id: "map-more", onclick: more }, `${fmtCount(total - edges.length)} more`) : null,
+  ];
 }

@@ -28,6 +28,8 @@ if (!base || !shots) {
 const big = Number(bigText || 0);
 /** Flows in fixtures/flows.yaml; the big ones come on top. */
 const FIXTURE_FLOWS = 12;
+/** Connections among them: frontend → backend and its reply are one. */
+const FIXTURE_CONNECTIONS = 11;
 const BACKEND = "prod/backend-7d4b9c8f6-x2x9q";
 const FRONTEND = "prod/frontend-5c9f7b8d4-k2x7p";
 mkdirSync(shots, { recursive: true });
@@ -75,7 +77,7 @@ function rowWith(...texts) {
 try {
   await step("the flows page lists every flow, newest first, with verdicts and policies", async () => {
     await go("#/flows?since=1h");
-    await page.waitForFunction((n) => document.querySelectorAll(".flow-row").length >= n, Math.min(FIXTURE_FLOWS, 40));
+    await page.waitForFunction((n) => document.querySelectorAll(".flow-row").length >= n, Math.min(FIXTURE_CONNECTIONS, 40));
     const denied = rowWith("dev/tool", BACKEND);
     await denied.first().waitFor();
     check((await denied.count()) === 1, `expected one dev/tool → backend row, got ${await denied.count()}`);
@@ -93,6 +95,22 @@ try {
     const first = await rows().first().innerText();
     check(first.includes("198.51.100.10") && first.includes(FRONTEND), `newest flow not first: ${first}`);
     await shot("flows");
+  });
+
+  await step("the flows page counts connections; observations on request", async () => {
+    const count = async (hash) => {
+      await page.goto("about:blank");
+      await go(hash);
+      await page.waitForFunction(() => / \d[\d,]* (connection|observation)s? /.test(document.querySelector("#flows-status").textContent + " "));
+      return page.locator("#flows-status").innerText();
+    };
+    const recent = "since=15m";
+    const connections = await count(`#/flows?${recent}`);
+    check(connections.includes(`${FIXTURE_CONNECTIONS} connections`), `connections: ${connections}`);
+    const observations = await count(`#/flows?${recent}&show=observations`);
+    check(observations.includes(`${FIXTURE_FLOWS} observations`), `observations: ${observations}`);
+    await waitRowCount(FIXTURE_FLOWS);
+    check((await rowWith("(reply)").count()) === 1, "the reply is not its own observation row");
   });
 
   await step("a filter narrows the table and lands in the URL", async () => {
@@ -258,47 +276,54 @@ try {
     check(portError.includes("port") && portError.includes("99999"), `bad filter error: ${portError}`);
   });
 
-  await step("the map draws every observed connection, coloured by verdict", async () => {
+  await step("the map draws namespaces, connections coloured by verdict, and opens a namespace", async () => {
     await go("#/map?since=1h");
     await page.locator("g.edge").first().waitFor();
-    const kinds = await page.locator("g.edge").evaluateAll((els) => els.map((e) => `${e.dataset.src} → ${e.dataset.dst} ${e.dataset.kind}`));
-    // Many external addresses (the generated flows) are grouped by /24.
-    const far = (ip) => (big ? `external/${ip.split(".").slice(0, 3).join(".")}.0/24` : `external/${ip}`);
+    const kinds = await page.locator("g.edge").evaluateAll((els) => els.map((e) => `${e.dataset.src} → ${e.dataset.dst} ${e.dataset.kind} ${e.dataset.connections}`));
+    // Connections, not observations: frontend → backend and its reply are
+    // one; the TCP and UDP ones two. An edge takes its worst kind.
     const want = [
-      "dev/tool → prod/backend denied",
-      "dev/tool → shop/cart mismatch",
-      "prod/frontend → dev/tool denied",
-      `prod/frontend → ${far("198.51.100.10")} allowed`,
-      "prod/frontend → prod/backend allowed",
-      "prod/frontend → shop/cart allowed",
-      "prod/frontend → shop/cart denied",
-      `prod/my-app → ${far("198.51.100.10")} denied`,
-      `prod/my-app → ${far("203.0.113.10")} allowed`,
+      "dev → prod denied 1",
+      "dev → shop mismatch 1",
+      "prod → dev denied 1",
+      "prod → prod allowed 2",
+      "prod → shop denied 2",
+      "prod → 198.51.100.0/24 denied 2",
+      "prod → 203.0.113.0/24 allowed 1",
     ];
-    if (big) want.push("prod/frontend → external/192.0.2.0/24 allowed");
+    if (big) want.push(`prod → 192.0.2.0/24 allowed ${big}`);
     check(JSON.stringify(kinds.sort()) === JSON.stringify(want.sort()), `edges:\n${kinds.join("\n")}`);
+    check(!(await page.isChecked("#map-only")), "a small map shows every edge at first");
     const stroke = await page
       .locator('g.edge[data-kind="denied"] .edge-line')
       .first()
       .evaluate((e) => getComputedStyle(e).stroke);
     check(stroke !== "none" && stroke !== "", "denied edges have no colour");
+    await page.locator('g.node[data-node="prod"]').click();
+    await page.waitForFunction(() => location.hash.includes("ns=prod"));
+    await page.locator('g.node[data-kind="workload"]').first().waitFor();
+    const inProd = await page.locator("g.edge").evaluateAll((els) => els.map((e) => `${e.dataset.src} → ${e.dataset.dst} ${e.dataset.kind}`));
+    check(inProd.includes("prod/frontend → prod/backend allowed") && inProd.includes("dev → prod/backend denied"), `prod's workloads:\n${inProd.join("\n")}`);
     await shot("map");
     // Clicking an edge opens its flows.
-    await page.locator('g.edge[data-kind="mismatch"] text.edge-label').click();
+    await page.locator('li.edge-item[data-kind="mismatch"] a').click();
     await page.waitForFunction(() => location.hash.startsWith("#/flows?") && location.hash.includes("mismatch=true"));
     await waitRowCount(1);
     const only = await rows().first().innerText();
     check(only.includes("dev/tool") && only.includes("shop/cart-0"), `edge filter shows the wrong flow: ${only}`);
   });
 
-  await step("the policies page lists each policy with its pods and flow counts", async () => {
-    await go("#/policies?since=1h");
-    const card = page.locator('article.policy[data-policy="prod/allow-same-namespace"]');
+  await step("the policies page lists each policy with its pods and connection counts", async () => {
+    await go("#/policies?since=1h&sort=name");
+    const card = page.locator('.policy-row[data-policy="prod/allow-same-namespace"]');
     await card.waitFor();
-    check((await page.locator("article.policy").count()) === 4, "expected 4 policies");
+    check((await page.locator(".policy-row").count()) === 4, "expected 4 policies");
     const text = await card.innerText();
-    check(text.includes(FRONTEND) && text.includes(BACKEND) && text.includes("3 pods"), `selected pods: ${text}`);
-    check(text.includes("3 allowed") && text.includes("1 denied"), `flow counts: ${text}`);
+    check(text.includes("3 pods"), `selected pods: ${text}`);
+    check(text.includes("3 allowed") && text.includes("1 denied"), `connection counts: ${text}`);
+    await card.locator("button.pods").click();
+    const detail = await page.locator("#policy-detail").innerText();
+    check(detail.includes(FRONTEND.split("/")[1]) && detail.includes(BACKEND.split("/")[1]), `selected pods: ${detail}`);
     const tiers = await page.locator("article.cluster-policy").evaluateAll((els) => els.map((e) => e.dataset.policy));
     check(JSON.stringify(tiers) === JSON.stringify(["admin/guard-prod", "baseline/baseline-shop-egress"]), `cluster policies, in evaluation order: ${tiers}`);
     const guard = await page.locator('article.cluster-policy[data-policy="admin/guard-prod"]').innerText();
@@ -427,8 +452,9 @@ try {
   if (big) {
     await step(`${big.toLocaleString("en-US")} more flows scroll without putting them all in the page`, async () => {
       await go("#/flows?since=1h&limit=50000");
-      const total = FIXTURE_FLOWS + big;
-      await page.waitForFunction((t) => document.querySelector("#flows-status").textContent.includes(`${t.toLocaleString("en-US")} flows`), total, { timeout: 60000 });
+      // Each generated flow is its own connection.
+      const total = FIXTURE_CONNECTIONS + big;
+      await page.waitForFunction((t) => document.querySelector("#flows-status").textContent.includes(`${t.toLocaleString("en-US")} connections`), total, { timeout: 60000 });
       const inDom = await rows().count();
       check(inDom > 10 && inDom < 150, `expected only the visible rows in the DOM, got ${inDom}`);
       // Scroll to the end: the oldest rows are rendered, still only a window.
