@@ -133,9 +133,9 @@ async fn namespaces_are_one_node_each_and_counts_are_connections() {
     assert_eq!(
         edges(MapLevel::Namespace).await,
         [
-            "namespace:shop -> namespace:shop 2 (2 allowed, 0 denied, 0 mismatched)",
             "namespace:dev -> namespace:data 2 (1 allowed, 1 denied, 1 mismatched)",
             "namespace:shop -> network:203.0.113.0/24 2 (2 allowed, 0 denied, 0 mismatched)",
+            "namespace:shop -> namespace:shop 2 (2 allowed, 0 denied, 0 mismatched)",
             "namespace:dev -> namespace:shop 1 (0 allowed, 1 denied, 0 mismatched)",
             "namespace:shop -> dns_name:api.example.com 1 (1 allowed, 0 denied, 0 mismatched)",
             "namespace:shop -> namespace:data 1 (1 allowed, 0 denied, 0 mismatched)",
@@ -151,9 +151,9 @@ async fn an_expanded_namespace_shows_its_workloads_and_the_others_stay_whole() {
         })
         .await,
         [
+            "namespace:dev -> namespace:data 2 (1 allowed, 1 denied, 1 mismatched)",
             "workload:shop/web -> network:203.0.113.0/24 2 (2 allowed, 0 denied, 0 mismatched)",
             "workload:shop/web -> workload:shop/api 2 (2 allowed, 0 denied, 0 mismatched)",
-            "namespace:dev -> namespace:data 2 (1 allowed, 1 denied, 1 mismatched)",
             "namespace:dev -> workload:shop/api 1 (0 allowed, 1 denied, 0 mismatched)",
             "workload:shop/api -> dns_name:api.example.com 1 (1 allowed, 0 denied, 0 mismatched)",
             "workload:shop/web -> namespace:data 1 (1 allowed, 0 denied, 0 mismatched)",
@@ -172,12 +172,12 @@ async fn an_expanded_workload_shows_its_pods() {
         [
             "namespace:dev -> namespace:data 2 (1 allowed, 1 denied, 1 mismatched)",
             "namespace:dev -> workload:shop/api 1 (0 allowed, 1 denied, 0 mismatched)",
-            "pod:shop/web-1 -> namespace:data 1 (1 allowed, 0 denied, 0 mismatched)",
+            "workload:shop/api -> dns_name:api.example.com 1 (1 allowed, 0 denied, 0 mismatched)",
             "pod:shop/web-1 -> network:203.0.113.0/24 1 (1 allowed, 0 denied, 0 mismatched)",
+            "pod:shop/web-1 -> namespace:data 1 (1 allowed, 0 denied, 0 mismatched)",
             "pod:shop/web-1 -> workload:shop/api 1 (1 allowed, 0 denied, 0 mismatched)",
             "pod:shop/web-2 -> network:203.0.113.0/24 1 (1 allowed, 0 denied, 0 mismatched)",
             "pod:shop/web-2 -> workload:shop/api 1 (1 allowed, 0 denied, 0 mismatched)",
-            "workload:shop/api -> dns_name:api.example.com 1 (1 allowed, 0 denied, 0 mismatched)",
         ]
     );
 }
