@@ -73,14 +73,17 @@ SELECT
   max(s_namespace) AS dst_namespace, max(s_pod) AS dst_pod,
   max(s_workload) AS dst_workload, max(s_workload_kind) AS dst_workload_kind,
   max(s_labels) AS dst_labels, max(s_dns_name) AS dst_dns_name,
-  last_value(verdict ORDER BY last_seen) AS verdict,
-  last_value(egress_verdict ORDER BY last_seen) AS egress_verdict,
-  last_value(ingress_verdict ORDER BY last_seen) AS ingress_verdict,
-  last_value(egress_tier ORDER BY last_seen) AS egress_tier,
-  last_value(ingress_tier ORDER BY last_seen) AS ingress_tier,
-  last_value(allowed_by ORDER BY last_seen) AS allowed_by,
-  last_value(denied_by ORDER BY last_seen) AS denied_by,
-  last_value(decided_by ORDER BY last_seen) AS decided_by,
+  -- last_value has a fast grouped form for plain text, not for dictionaries
+  -- or lists: enums are compared as text and cast back, and a list travels
+  -- as one comma-joined text (Kubernetes names have no comma).
+  arrow_cast(last_value(CAST(verdict AS VARCHAR) ORDER BY last_seen), 'Dictionary(Int32, Utf8)') AS verdict,
+  arrow_cast(last_value(CAST(egress_verdict AS VARCHAR) ORDER BY last_seen), 'Dictionary(Int32, Utf8)') AS egress_verdict,
+  arrow_cast(last_value(CAST(ingress_verdict AS VARCHAR) ORDER BY last_seen), 'Dictionary(Int32, Utf8)') AS ingress_verdict,
+  arrow_cast(last_value(CAST(egress_tier AS VARCHAR) ORDER BY last_seen), 'Dictionary(Int32, Utf8)') AS egress_tier,
+  arrow_cast(last_value(CAST(ingress_tier AS VARCHAR) ORDER BY last_seen), 'Dictionary(Int32, Utf8)') AS ingress_tier,
+  string_to_array(last_value(array_to_string(allowed_by, ',') ORDER BY last_seen), ',') AS allowed_by,
+  string_to_array(last_value(array_to_string(denied_by, ',') ORDER BY last_seen), ',') AS denied_by,
+  string_to_array(last_value(array_to_string(decided_by, ',') ORDER BY last_seen), ',') AS decided_by,
   max(policy_generation) AS policy_generation,
   CASE WHEN bool_or(point = 'source') AND bool_or(point = 'destination') THEN 'both'
        WHEN bool_or(point = 'source') THEN 'source'
@@ -108,8 +111,8 @@ SELECT
   -- Where it was dropped: the denying direction's side when the policies
   -- deny one side only; else the side whose observation was dropped.
   CASE WHEN NOT bool_or(kernel_fate = 'dropped') THEN NULL
-       WHEN last_value(egress_verdict ORDER BY last_seen) = 'denied' THEN 'source_egress'
-       WHEN last_value(ingress_verdict ORDER BY last_seen) = 'denied' THEN 'destination_ingress'
+       WHEN last_value(CAST(egress_verdict AS VARCHAR) ORDER BY last_seen) = 'denied' THEN 'source_egress'
+       WHEN last_value(CAST(ingress_verdict AS VARCHAR) ORDER BY last_seen) = 'denied' THEN 'destination_ingress'
        WHEN bool_or(kernel_fate = 'dropped' AND point = 'destination') THEN 'destination_ingress'
        ELSE 'source_egress' END AS dropped_at,
   max(outcome) AS outcome,

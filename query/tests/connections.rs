@@ -159,3 +159,40 @@ async fn time_filters_keep_whole_connections() {
         json!([{"observed_at": "both", "packets_sent": 5, "observations": 2}])
     );
 }
+
+#[tokio::test]
+async fn the_judgement_is_the_newest_observations_with_its_lists_whole() {
+    // Denied first; a policy change later in the minute admits it through
+    // two policies. The row carries the newest judgement, lists intact, and
+    // keeps the documented types.
+    let mut old = observation(Direction::Egress, false, 2, true);
+    let mut new = observation(Direction::Ingress, false, 2, false);
+    old.last_seen = T0 + 3_000_000_000;
+    new.last_seen = T0 + 9_000_000_000;
+    new.allowed_by = vec!["shop/allow-web".into(), "shop/allow-all-8080".into()];
+    new.decided_by = vec!["admin/ops/ingress/0".into()];
+    new.ingress_tier = Some(Tier::Admin);
+    let dir = tempfile::tempdir().unwrap();
+    let store = FlowStore::open(StoreConfig::new(dir.path())).unwrap();
+    // The newer one stored first: order of storage is not order of time.
+    store.append(&[new, old]).unwrap();
+    let engine = QueryEngine::new(store, QueryLimits::default()).unwrap();
+    let answer = engine
+        .sql(
+            "SELECT verdict, ingress_verdict, ingress_tier, allowed_by, denied_by, decided_by, \
+             arrow_typeof(verdict) AS verdict_type, arrow_typeof(allowed_by) AS list_type \
+             FROM connections",
+        )
+        .await
+        .unwrap()
+        .to_json();
+    assert_eq!(
+        answer["rows"],
+        json!([{
+            "verdict": "allowed", "ingress_verdict": "allowed", "ingress_tier": "admin",
+            "allowed_by": ["shop/allow-web", "shop/allow-all-8080"], "denied_by": [],
+            "decided_by": ["admin/ops/ingress/0"],
+            "verdict_type": "Dictionary(Int32, Utf8)", "list_type": "List(Utf8)"
+        }])
+    );
+}

@@ -481,7 +481,9 @@ try {
       const file = join(dir, "live.yaml");
       writeFileSync(file, "- {src: 10.244.2.20, dst: 203.0.113.99, src_port: 48000, dst_port: 7777, node: node-b, packets: 4, bytes: 400}\n");
       execFileSync(flowgate, ["replay", file, "--collector", grpc], { stdio: "pipe" });
-      await rowWith("203.0.113.99", "7777/TCP").first().waitFor({ timeout: 10000 });
+      // A refresh merges the 20,000 flows into connections again: seconds
+      // each in a debug build, so allow a few refreshes.
+      await rowWith("203.0.113.99", "7777/TCP").first().waitFor({ timeout: 30000 });
       check(await page.evaluate(() => window.__notReloaded === true), "the page reloaded");
       const top = await rows().first().innerText();
       check(top.includes("203.0.113.99") && top.includes("dev/tool"), `the new flow is not on top: ${top}`);
