@@ -26,8 +26,8 @@ use futures::StreamExt;
 use crate::connections::ConnectionsTable;
 use crate::coverage::{PodIsolationRow, RuleHitsTable, pod_isolation_batch};
 use crate::format::QueryResult;
-use crate::observed::DistinctConnection;
 use crate::map::MapLevel;
+use crate::observed::DistinctConnection;
 use crate::provider::FlowsTable;
 use crate::store::FlowStore;
 
