@@ -121,7 +121,9 @@ export function mount(root, params, ctx) {
     const q = (state.params.q || "").toLowerCase();
     const hits = new Set([...g.nodes.keys()].filter((id) => q && id.toLowerCase().includes(q)));
     let edges = g.edges;
-    if (only.checked) edges = edges.filter((e) => e.denied || e.mismatched);
+    // With the toggle, problems first (the list answers "where are the
+    // denials"); without it, the most connections first.
+    if (only.checked) edges = edges.filter((e) => e.denied || e.mismatched).sort((a, b) => b.mismatched + b.denied - (a.mismatched + a.denied) || b.connections - a.connections);
     if (hits.size) edges = edges.filter((e) => hits.has(e.src) || hits.has(e.dst));
     const top = edges.slice(0, state.shown);
     const layout = place(g, top, state.params);
@@ -179,9 +181,7 @@ function graph(rows) {
     e.kind = e.mismatched ? "mismatch" : e.denied ? "denied" : "allowed";
     return e;
   });
-  // Problems first, then by connections: the list answers "where are the
-  // denials" before "where is the traffic".
-  edges.sort((a, b) => b.mismatched + b.denied - (a.mismatched + a.denied) || b.connections - a.connections);
+  // The server's order: most connections first.
   return { nodes, edges };
 }
 
