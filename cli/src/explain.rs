@@ -40,6 +40,11 @@ pub(crate) struct Args {
     /// Destination: `namespace/pod`, or an IP address.
     #[arg(long, value_name = "DST")]
     to: String,
+    /// The DNS name the source resolved `--to` from (as in a flow's
+    /// `dst_dns_name`): cluster policies' `domainNames` peers are judged
+    /// against it; without it they cannot match.
+    #[arg(long, value_name = "NAME")]
+    to_name: Option<String>,
     /// Destination port (1-65535; ignored for ICMP).
     #[arg(long, value_parser = clap::value_parser!(u16))]
     port: u16,
@@ -95,7 +100,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cluster = Cluster::build(&objects, 1).context("invalid cluster object")?;
     let src = endpoint(&cluster, &args.from).context("--from")?;
     let dst = endpoint(&cluster, &args.to).context("--to")?;
-    let explanation = cluster.explain(&src, &dst, args.port, args.protocol);
+    let explanation = cluster.explain_named(
+        &src,
+        &dst,
+        args.to_name.as_deref(),
+        args.port,
+        args.protocol,
+    );
     if !args.suggest {
         match args.output {
             Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
@@ -130,6 +141,9 @@ fn remote(args: &Args) -> anyhow::Result<ExitCode> {
         ("port", args.port.to_string()),
         ("protocol", args.protocol.to_string()),
     ];
+    if let Some(name) = &args.to_name {
+        query.push(("to_name", name.clone()));
+    }
     if let Some(at) = &args.at {
         query.push(("at", at.clone()));
     }

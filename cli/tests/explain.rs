@@ -273,3 +273,54 @@ fn bad_input_gets_a_one_line_error() {
         stderr(&o)
     );
 }
+
+#[test]
+fn to_name_judges_domain_names_rules() {
+    let base = policy_fixture("semantics/_base.yaml");
+    let allowlist = policy_fixture("tiers/domain-names.yaml");
+    let run = |name: Option<&str>| {
+        let mut args = vec![
+            "--cluster",
+            base.to_str().unwrap(),
+            "--cluster",
+            allowlist.to_str().unwrap(),
+            "--from",
+            "dev/client",
+            "--to",
+            "203.0.113.7",
+            "--port",
+            "443",
+            "--output",
+            "json",
+        ];
+        if let Some(n) = name {
+            args.extend(["--to-name", n]);
+        }
+        let o = explain(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    let named = run(Some("api.example.com"));
+    assert_eq!(named["allowed"], true, "{named:#}");
+    assert_eq!(
+        named["decided_by"][0],
+        "admin/egress-allowlist/egress/allow-apis"
+    );
+    assert!(
+        named["summary"]
+            .as_str()
+            .unwrap()
+            .contains("203.0.113.7 (api.example.com)")
+    );
+    let apex = run(Some("example.com"));
+    assert_eq!(apex["allowed"], false, "{apex:#}");
+    let unnamed = run(None);
+    assert_eq!(unnamed["allowed"], false);
+    assert!(
+        unnamed["summary"]
+            .as_str()
+            .unwrap()
+            .contains("could not be evaluated"),
+        "{unnamed:#}"
+    );
+}

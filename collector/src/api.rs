@@ -457,6 +457,9 @@ struct ExplainParams {
     to: Option<String>,
     port: Option<String>,
     protocol: Option<String>,
+    /// The DNS name the source resolved `to` from: `domainNames` peers are
+    /// judged against it.
+    to_name: Option<String>,
     /// Judge under the state in force at this time (RFC 3339, `1h` ago, or
     /// nanoseconds since the epoch) instead of now.
     at: Option<String>,
@@ -617,7 +620,8 @@ async fn explain(
         None => cluster_at(&state, at)?,
     };
     let (src, dst) = (from.endpoint(cluster)?, to.endpoint(cluster)?);
-    let explanation = cluster.explain(&src, &dst, port, protocol);
+    let to_name = p.to_name.as_deref().filter(|n| !n.is_empty());
+    let explanation = cluster.explain_named(&src, &dst, to_name, port, protocol);
     let allowed = explanation.allowed;
     let explanation = serde_json::to_value(&explanation).map_err(|e| ApiError::Internal {
         message: e.to_string(),

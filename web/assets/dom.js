@@ -116,6 +116,8 @@ export function explainParams(row) {
     to: endName(row, reply ? "src" : "dst"),
     port: String(reply ? row.src_port : row.dst_port),
     protocol: row.protocol,
+    // The name the server was resolved from: domainNames rules read it.
+    to_name: (reply ? row.src_dns_name : row.dst_dns_name) || undefined,
   };
 }
 

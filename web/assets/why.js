@@ -34,6 +34,7 @@ function form(params) {
     h("label", {}, h("span", {}, "From"), input("from", "namespace/pod or IP", { list: "endpoints", size: 24 })),
     h("label", {}, h("span", {}, "To"), input("to", "namespace/pod or IP", { list: "endpoints", size: 24 })),
     h("label", {}, h("span", {}, "Port"), input("port", "8080", { type: "number", min: 0, max: 65535, style: "width:6em" })),
+    h("label", {}, h("span", {}, "To DNS name"), input("to_name", "optional: api.example.com", { required: false, size: 18 })),
     h(
       "label",
       {},
@@ -69,6 +70,7 @@ async function explain(result, params, ctx) {
       api.get("explain", {
         from: params.from,
         to: params.to,
+        to_name: params.to_name,
         port: params.port,
         protocol: params.protocol || "TCP",
         suggest: "true",
