@@ -24,8 +24,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build (the flowgate binary the CLI tests run)"
 cargo build --locked -p flowgate
 
-step "cargo test (workspace)"
-cargo test --workspace --locked --no-fail-fast
+step "cargo test (workspace; the fuzz targets get their own step)"
+cargo test --workspace --locked --no-fail-fast --exclude flowgate-fuzz
+
+step "fuzz the parsers (gRPC frames and batch validation, cluster YAML, replay files, WAL reader, SQL sandbox), ${FLOWGATE_FUZZ_SECONDS:=15} s each"
+export FLOWGATE_FUZZ_SECONDS
+cargo test --locked -p flowgate-fuzz --no-fail-fast -- --test-threads 2
 
 step "NetworkPolicy conformance through the CLI (sampled; the in-process test checks every row)"
 if [ -f ../shared/policy-conformance/check.py ]; then

@@ -52,6 +52,15 @@ pub(crate) struct Args {
     /// SQL results are truncated after this many rows (the answer says so).
     #[arg(long, default_value_t = defaults().query_max_rows, env = "FLOWGATE_QUERY_MAX_ROWS")]
     query_max_rows: usize,
+    /// Memory all running SQL queries may hold together (e.g. 512MiB); a
+    /// query that needs more (a big sort or join) fails saying so. Default:
+    /// a quarter of the container's memory limit, else of the machine's.
+    #[arg(long, default_value_t = bytesize::ByteSize(defaults().query_memory_limit as u64), env = "FLOWGATE_QUERY_MEMORY_LIMIT")]
+    query_memory_limit: bytesize::ByteSize,
+    /// SQL queries (and API listings) running at once; one more is answered
+    /// 429 at once. Higher serves more users at the cost of CPU taken from ingest.
+    #[arg(long, default_value_t = defaults().max_concurrent_queries, env = "FLOWGATE_MAX_CONCURRENT_QUERIES", value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    max_concurrent_queries: usize,
     /// Cluster changes are gathered this long before the policy snapshot is
     /// rebuilt: longer costs fewer rebuilds under churn, shorter reacts faster.
     #[arg(long, default_value_t = defaults().rebuild_debounce.into(), env = "FLOWGATE_REBUILD_DEBOUNCE")]
@@ -147,6 +156,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.max_batch_flows = args.max_batch_flows;
     config.query_timeout = args.query_timeout.into();
     config.query_max_rows = args.query_max_rows;
+    config.query_memory_limit = usize::try_from(args.query_memory_limit.as_u64())
+        .context("--query-memory-limit does not fit this machine's address space")?;
+    config.max_concurrent_queries = args.max_concurrent_queries;
     config.rebuild_debounce = args.rebuild_debounce.into();
     config.crd_recheck = args.crd_recheck.into();
     config.tombstone_retention = args.tombstone_retention.into();

@@ -45,6 +45,10 @@ pub(crate) struct Args {
     /// removed on exit.
     #[arg(long, env = "FLOWGATE_DEMO_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Where the demo writes the API's bearer token (mode 0600, owned by the
+    /// user behind sudo; removed on exit). The API answers 401 without it.
+    #[arg(long, env = "FLOWGATE_DEMO_API_TOKEN_FILE", default_value = flowgate_demo::trust::DEFAULT_TOKEN_FILE)]
+    api_token_file: PathBuf,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -58,17 +62,24 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         enforcement: args.enforce,
         interval: args.interval,
         data_dir: args.data_dir,
+        token_file: args.api_token_file,
     };
     // Before anything is built: Ctrl-C during the start still cleans up.
     install_stop_signals()?;
     let mut demo = Demo::start(placed, &config)?;
+    let token = demo.token_file().display().to_string();
     println!(
-        "flowgate demo: {} pods, {} traffic streams, enforcement {}.\n  dashboard: http://{}\n  SQL:       curl -s -H 'Content-Type: application/json' http://{}/api/v1/query -d '{{\"sql\":\"SELECT src_pod, dst_pod, dst_port, verdict, kernel_fate FROM flows LIMIT 20\"}}'\n  Ctrl-C stops and cleans up.",
-        demo.placed().pods.len(),
-        demo.placed().flows.len(),
-        describe(args.enforce),
-        demo.http_addr(),
-        demo.http_addr()
+        "flowgate demo: {pods} pods, {streams} traffic streams, enforcement {enforce}; the probe streams over mutual TLS.\n  \
+         The API wants the token in {token} (the dashboard asks for it once):\n    \
+         export FLOWGATE_API_TOKEN_FILE={token}\n  \
+         dashboard: http://{http}\n  \
+         SQL:       flowgate query --server http://{http} \"SELECT src_pod, dst_pod, dst_port, verdict, kernel_fate FROM flows LIMIT 20\"\n  \
+         curl:      curl -s -H \"Authorization: Bearer $(cat {token})\" 'http://{http}/api/v1/explain?from=dev/tool&to=prod/backend&port=8080'\n  \
+         Ctrl-C stops and cleans up.",
+        pods = demo.placed().pods.len(),
+        streams = demo.placed().flows.len(),
+        enforce = describe(args.enforce),
+        http = demo.http_addr(),
     );
     let deadline = args.duration.map(|d| Instant::now() + d);
     let outcome = loop {

@@ -27,7 +27,8 @@ pub(crate) struct CollectorApi {
     /// --api-auth kubernetes.
     #[arg(long, env = "FLOWGATE_API_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Read the bearer token from this file (its first line).
+    /// Read the bearer token from this file: its first line that is not
+    /// blank or a `#` comment (so the collector's --api-token-file works).
     #[arg(long, env = "FLOWGATE_API_TOKEN_FILE", conflicts_with = "token")]
     token_file: Option<std::path::PathBuf>,
 }
@@ -41,9 +42,10 @@ impl CollectorApi {
                 std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read the token file {}", path.display()))?
                     .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim()
+                    .map(str::trim)
+                    // The collector's --api-token-file allows comments.
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .with_context(|| format!("the token file {} holds no token", path.display()))?
                     .to_owned(),
             ),
             (None, None) => None,

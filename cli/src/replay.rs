@@ -30,6 +30,17 @@ pub(crate) struct Args {
     /// Node name put on flows that do not name one.
     #[arg(long, default_value = "replay", env = "FLOWGATE_REPLAY_NODE")]
     node: String,
+    /// CA (PEM) that signed the collector's certificate: speak TLS (use an
+    /// `https://` collector URL), as a probe does.
+    #[arg(long, env = "FLOWGATE_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a collector started with --client-ca;
+    /// its names must include --node.
+    #[arg(long, env = "FLOWGATE_TLS_CERT", value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "FLOWGATE_TLS_KEY", value_name = "FILE", requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -54,7 +65,19 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let acks = runtime.block_on(flowgate_client::send_batches(&args.collector, batches))?;
+    let tls = args
+        .tls_ca
+        .as_deref()
+        .map(|ca| {
+            let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+            flowgate_client::grpc_tls(ca, identity)
+        })
+        .transpose()?;
+    let acks = runtime.block_on(flowgate_client::send_batches_with(
+        &args.collector,
+        tls,
+        batches,
+    ))?;
     let stored: u64 = acks.iter().map(|a| u64::from(a.flows_stored)).sum();
     println!(
         "sent {count} flows in {} batches; {stored} stored",

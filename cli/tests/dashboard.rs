@@ -67,6 +67,29 @@ fn big_flows(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// One empty batch from `node-loss` whose probe lost events: the loss
+/// banner must name it.
+fn report_losses(grpc: &str) -> Result<()> {
+    let batch = flowgate_proto::v1::FlowBatch {
+        schema_version: flowgate_proto::v1::SchemaVersion::V1 as i32,
+        probe_id: "node-loss/1".into(),
+        node: "node-loss".into(),
+        sequence: 1,
+        flows: Vec::new(),
+        losses: Some(flowgate_proto::v1::LossReport {
+            ringbuf_lost_events: 42,
+            flow_table_evictions: 3,
+            ..Default::default()
+        }),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let acks = runtime.block_on(flowgate_client::send_batches(grpc, vec![batch]))?;
+    ensure!(acks.len() == 1, "{acks:?}");
+    Ok(())
+}
+
 #[test]
 fn the_dashboard_shows_flows_verdicts_explanations_sql_map_and_policies() -> Result<()> {
     if let Some(missing) = missing_prerequisite() {
@@ -91,6 +114,7 @@ fn the_dashboard_shows_flows_verdicts_explanations_sql_map_and_policies() -> Res
     ensure!(out.contains(&format!("{BIG} stored")), "{out}");
     let n = sql(&collector.http, "SELECT count(*) AS n FROM flows")?;
     ensure!(n[0]["n"] == BIG + 12, "{n:?}");
+    report_losses(&collector.grpc)?;
 
     let shots = target_dir().join("web-screenshots");
     // Only this run's pictures (and a failure's) in the artifact folder.

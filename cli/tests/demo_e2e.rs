@@ -110,10 +110,22 @@ impl Drop for Running {
     }
 }
 
-fn query(http: SocketAddr, sql: &str) -> Result<Vec<Value>> {
+/// The token the demo wrote to its `--api-token-file`.
+fn token(file: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("the demo wrote no token to {}", file.display()))?;
+    Ok(text.trim().to_owned())
+}
+
+fn query(http: SocketAddr, token: &str, sql: &str) -> Result<Vec<Value>> {
     let body = serde_json::json!({ "sql": sql }).to_string();
-    let (status, text) =
-        flowgate_demo::run::http_request(http, "POST", "/api/v1/query", Some(&body))?;
+    let (status, text) = flowgate_demo::run::http_request_as(
+        http,
+        "POST",
+        "/api/v1/query",
+        Some(&body),
+        Some(token),
+    )?;
     ensure!(status == 200, "query failed ({status}): {text}");
     let v: Value =
         serde_json::from_str(&text).with_context(|| format!("query answer is not JSON: {text}"))?;
@@ -122,8 +134,9 @@ fn query(http: SocketAddr, sql: &str) -> Result<Vec<Value>> {
 
 /// The collector's rejection counters are all zero: every batch the real
 /// probe sent was acceptable.
-fn nothing_rejected(http: SocketAddr) -> Result<()> {
-    let (status, text) = flowgate_demo::run::http_request(http, "GET", "/metrics", None)?;
+fn nothing_rejected(http: SocketAddr, token: &str) -> Result<()> {
+    let (status, text) =
+        flowgate_demo::run::http_request_as(http, "GET", "/metrics", None, Some(token))?;
     ensure!(status == 200, "metrics failed ({status}): {text}");
     let rejected: Vec<&str> = text
         .lines()
@@ -206,6 +219,7 @@ fn rows_of<'a>(rows: &'a [Value], e: &Expect) -> Vec<&'a Value> {
 /// Starts `flowgate demo` on `scenario`; its API answers on the returned address.
 fn start_demo(scenario: &Path, enforce: &str, data: &Path) -> Result<(Running, SocketAddr)> {
     let http = free_port()?;
+    let token_file = data.with_extension("token");
     let child = Command::new(FLOWGATE)
         .arg("demo")
         .arg("--scenario")
@@ -220,6 +234,8 @@ fn start_demo(scenario: &Path, enforce: &str, data: &Path) -> Result<(Running, S
         ])
         .arg("--data-dir")
         .arg(data)
+        .arg("--api-token-file")
+        .arg(&token_file)
         .spawn()
         .context("starting flowgate demo")?;
     Ok((Running(child), http))
@@ -233,6 +249,7 @@ fn run_demo(enforce: &str) -> Result<Vec<Value>> {
         enforce.replace([':', ','], "-")
     ));
     let (mut demo, http) = start_demo(&scenario(), enforce, &data)?;
+    let token_file = data.with_extension("token");
     let deadline = Instant::now() + Duration::from_secs(90);
     let sql = "SELECT src_namespace, src_pod, src_workload, dst_namespace, dst_pod, dst_workload, dst_port, protocol, \
                is_reply, verdict, denied_by, kernel_fate, drop_reason, enforcement_mismatch FROM flows WHERE is_reply = false";
@@ -244,14 +261,36 @@ fn run_demo(enforce: &str) -> Result<Vec<Value>> {
         if Instant::now() > deadline {
             bail!("not every generated flow reached the collector within the deadline");
         }
-        if let Ok(rows) = query(http, sql)
+        if let Ok(token) = token(&token_file)
+            && let Ok(rows) = query(http, &token, sql)
             && FLOWS.iter().all(|e| !rows_of(&rows, e).is_empty())
         {
             let at = *settled_at.get_or_insert_with(Instant::now);
             if at.elapsed() > SETTLE {
-                let rows = query(http, sql)?;
-                nothing_rejected(http)?;
+                let rows = query(http, &token, sql)?;
+                nothing_rejected(http, &token)?;
+                // The API is closed to callers without the token...
+                let body = serde_json::json!({ "sql": "SELECT 1" }).to_string();
+                let (status, text) = flowgate_demo::run::http_request(
+                    http,
+                    "POST",
+                    "/api/v1/query",
+                    Some(&body),
+                )?;
+                ensure!(status == 401, "a query without the token got {status}: {text}");
+                // ...and the flows came over mutual TLS: a plaintext
+                // client is refused at the handshake.
+                let plain = flowgate_client::send_batches(
+                    &format!("http://{}:{}", flowgate_demo::topology::UPLINK_HOST_IP, flowgate_proto::DEFAULT_GRPC_PORT),
+                    Vec::new(),
+                );
+                let refused = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(plain);
+                ensure!(refused.is_err(), "a plaintext client reached the demo's gRPC port");
                 drop(demo);
+                ensure!(!token_file.exists(), "the demo left its token behind");
                 let _ = std::fs::remove_dir_all(&data);
                 return Ok(rows);
             }
@@ -380,7 +419,7 @@ fn changes_scenario(dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn blame(http: SocketAddr, port: &str) -> Result<Value> {
+fn blame(http: SocketAddr, token_file: &Path, port: &str) -> Result<Value> {
     let out = Command::new(FLOWGATE)
         .args([
             "blame",
@@ -395,16 +434,19 @@ fn blame(http: SocketAddr, port: &str) -> Result<Value> {
             "--output",
             "json",
         ])
+        .arg("--token-file")
+        .arg(token_file)
         .output()?;
     ensure!(out.status.success(), "flowgate blame: {out:?}");
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// Polls `sql` (once a second) until it returns a row, or fails after `within`.
-fn first_row(http: SocketAddr, sql: &str, within: Duration) -> Result<Value> {
+fn first_row(http: SocketAddr, token_file: &Path, sql: &str, within: Duration) -> Result<Value> {
     let deadline = Instant::now() + within;
     loop {
-        if let Ok(rows) = query(http, sql)
+        if let Ok(token) = token(token_file)
+            && let Ok(rows) = query(http, &token, sql)
             && let Some(row) = rows.into_iter().next()
         {
             return Ok(row);
@@ -420,16 +462,16 @@ fn a_scenario_change_is_enforced_judged_and_blamed() -> Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let (demo, http) = start_demo(
-        &changes_scenario(dir.path())?,
-        "all",
-        &dir.path().join("data"),
-    )?;
+    let data = dir.path().join("data");
+    let (demo, http) = start_demo(&changes_scenario(dir.path())?, "all", &data)?;
+    // Where start_demo has the demo write its API token.
+    let token_file = data.with_extension("token");
     let pg =
         "src_pod = 'frontend' AND dst_pod = 'postgres' AND dst_port = 5432 AND is_reply = false";
     // Before the change: admitted and forwarded.
     first_row(
         http,
+        &token_file,
         &format!(
             "SELECT 1 FROM flows WHERE {pg} AND verdict = 'allowed' AND kernel_fate = 'forwarded'"
         ),
@@ -437,6 +479,7 @@ fn a_scenario_change_is_enforced_judged_and_blamed() -> Result<()> {
     )?;
     let change = first_row(
         http,
+        &token_file,
         "SELECT generation, CAST(time AS BIGINT) AS t FROM policy_history \
          WHERE namespace = 'db' AND name = 'allow-frontend' AND change = 'modified'",
         Duration::from_secs(60),
@@ -445,6 +488,7 @@ fn a_scenario_change_is_enforced_judged_and_blamed() -> Result<()> {
     // After it: judged under the edit, and dropped by the reloaded nftables.
     let after = first_row(
         http,
+        &token_file,
         &format!(
             "SELECT verdict, kernel_fate, drop_reason, denied_by FROM flows \
              WHERE {pg} AND policy_generation >= {generation}"
@@ -462,11 +506,13 @@ fn a_scenario_change_is_enforced_judged_and_blamed() -> Result<()> {
     let settled = change["t"].as_i64().context("time")? + 2_000_000_000;
     first_row(
         http,
+        &token_file,
         &format!("SELECT 1 FROM flows WHERE {pg} AND CAST(time AS BIGINT) > {settled}"),
         Duration::from_secs(30),
     )?;
     let mismatches = query(
         http,
+        &token(&token_file)?,
         &format!(
             "SELECT * FROM flows WHERE enforcement_mismatch AND CAST(time AS BIGINT) > {settled}"
         ),
@@ -476,7 +522,7 @@ fn a_scenario_change_is_enforced_judged_and_blamed() -> Result<()> {
         "kernel and engine disagree after the change: {mismatches:#?}"
     );
 
-    let json = blame(http, "5432")?;
+    let json = blame(http, &token_file, "5432")?;
     ensure!(json["verdict_now"] == "denied", "{json:#}");
     let changes = json["changes"].as_array().cloned().unwrap_or_default();
     ensure!(
@@ -498,12 +544,12 @@ fn a_scenario_change_is_enforced_judged_and_blamed() -> Result<()> {
         "{json:#}"
     );
     // 9150 sits in the range the edit kept: the verdict never flipped.
-    let json = blame(http, "9150")?;
+    let json = blame(http, &token_file, "9150")?;
     ensure!(
         json["verdict_now"] == "allowed" && json["changes"] == serde_json::json!([]),
         "{json:#}"
     );
-    nothing_rejected(http)?;
+    nothing_rejected(http, &token(&token_file)?)?;
     drop(demo);
     no_leftovers()
 }

@@ -38,6 +38,38 @@ pub enum ClientError {
         status: AckStatus,
         reason: String,
     },
+    #[error("cannot read the {what} {path}")]
+    TlsFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// TLS for gRPC to a collector whose certificate `ca` signed, presenting
+/// `identity` (certificate, key) when the collector asks for a client
+/// certificate (`--client-ca`). All PEM.
+pub fn grpc_tls(
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<tonic::transport::ClientTlsConfig, ClientError> {
+    let read = |what, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ClientError::TlsFile {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read("CA", ca)?));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            read("client certificate", cert)?,
+            read("client key", key)?,
+        ));
+    }
+    Ok(tls)
 }
 
 /// Sends `request` and decodes a JSON answer; an error status becomes
@@ -138,12 +170,40 @@ pub async fn send_batches(
     url: &str,
     batches: Vec<FlowBatch>,
 ) -> Result<Vec<BatchAck>, ClientError> {
-    let mut client = FlowIngestClient::connect(url.to_owned())
-        .await
-        .map_err(|e| ClientError::Connect {
+    send_batches_with(url, None, batches).await
+}
+
+/// [`send_batches`] over TLS when `tls` is given (an `https://` URL).
+pub async fn send_batches_with(
+    url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    batches: Vec<FlowBatch>,
+) -> Result<Vec<BatchAck>, ClientError> {
+    let connect_err = |e: tonic::transport::Error| {
+        // The cause chain says why (refused, unknown certificate…).
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        ClientError::Connect {
             url: url.to_owned(),
-            message: format!("{e}"),
-        })?
+            message,
+        }
+    };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| {
+        ClientError::Url {
+            url: url.to_owned(),
+            message: e.to_string(),
+        }
+    })?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(connect_err)?;
+    }
+    let channel = endpoint.connect().await.map_err(connect_err)?;
+    let mut client = FlowIngestClient::new(channel)
         .max_encoding_message_size(flowgate_proto::MAX_MESSAGE_BYTES);
     let count = batches.len();
     let response = client.stream(tokio_stream::iter(batches)).await?;

@@ -7,4 +7,7 @@
 pub mod collector;
 pub mod replay;
 
-pub use collector::{ClientError, http_json, http_json_as, query, query_as, send_batches};
+pub use collector::{
+    ClientError, grpc_tls, http_json, http_json_as, query, query_as, send_batches,
+    send_batches_with,
+};

@@ -33,6 +33,8 @@ pub struct AppState {
     /// Every recorded change: judging under past generations.
     pub history: crate::cluster::history::SharedHistory,
     pub metrics: Arc<Metrics>,
+    /// What probes reported losing.
+    pub losses: Arc<crate::losses::Losses>,
     /// Upper bound of `limit` on `/api/v1/flows`.
     pub max_rows: usize,
 }
@@ -50,6 +52,9 @@ pub enum ApiError {
     Internal { message: String },
     #[error("{message}")]
     NotReady { message: String },
+    /// A query limit other than time: memory, or too many at once.
+    #[error("{message}")]
+    Limit { message: String, busy: bool },
 }
 
 impl ApiError {
@@ -66,6 +71,8 @@ impl ApiError {
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Limit { busy: true, .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Limit { busy: false, .. } => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 }
@@ -77,6 +84,10 @@ impl From<QueryError> for ApiError {
                 message: e.to_string(),
             },
             QueryError::Timeout { .. } => ApiError::Timeout {
+                message: e.to_string(),
+            },
+            QueryError::Memory { .. } | QueryError::Busy { .. } => ApiError::Limit {
+                busy: matches!(e, QueryError::Busy { .. }),
                 message: e.to_string(),
             },
             other => ApiError::Internal {
@@ -109,6 +120,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/blame", get(blame))
         .route("/api/v1/whatif", post(whatif))
         .route("/api/v1/advise", get(advise))
+        .route("/api/v1/losses", get(losses))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -449,6 +461,27 @@ fn list_filter(p: &FlowsParams, max_rows: usize) -> Result<(Option<Expr>, usize)
     }
     .min(max_rows);
     Ok((filter::all(filters), limit))
+}
+
+#[derive(Debug, Deserialize)]
+struct LossesParams {
+    since: Option<String>,
+}
+
+/// Losses probes reported since `since` (default: the last hour), per node
+/// and kind: the dashboard's loss banner.
+async fn losses(
+    State(state): State<AppState>,
+    Query(p): Query<LossesParams>,
+) -> Result<Json<Value>, ApiError> {
+    let since = time_bound("since", p.since.as_deref().unwrap_or("1h"))?;
+    let (losses, oldest_kept) = state.losses.since(since);
+    Ok(Json(json!({
+        "since_ns": since,
+        "oldest_kept_ns": oldest_kept,
+        "total": losses.iter().map(|l| l.count).sum::<u64>(),
+        "losses": losses,
+    })))
 }
 
 #[derive(Debug, Deserialize)]

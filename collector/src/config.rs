@@ -35,6 +35,10 @@ pub struct Config {
     pub query_timeout: Duration,
     /// SQL results are truncated after this many rows.
     pub query_max_rows: usize,
+    /// Bytes all running SQL queries may hold together.
+    pub query_memory_limit: usize,
+    /// SQL queries running at once; more are refused.
+    pub max_concurrent_queries: usize,
     /// Cluster changes are gathered for this long before the policy snapshot
     /// is rebuilt.
     pub rebuild_debounce: Duration,
@@ -87,6 +91,8 @@ impl Config {
             max_batch_flows: 10_000,
             query_timeout: QueryLimits::default().timeout,
             query_max_rows: QueryLimits::default().max_rows,
+            query_memory_limit: QueryLimits::default().memory_bytes,
+            max_concurrent_queries: QueryLimits::default().max_concurrent,
             rebuild_debounce: Duration::from_millis(200),
             crd_recheck: Duration::from_secs(60),
             cluster_poll: Duration::from_secs(1),

@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::ClusterState;
 use crate::enrich::{Enricher, VerdictTally, check};
+use crate::losses::Losses;
 use crate::metrics::{Metrics, RejectKind};
 use crate::tls::Peer;
 
@@ -45,6 +46,7 @@ struct Inner {
     store: FlowStore,
     state: ClusterState,
     metrics: Arc<Metrics>,
+    losses: Arc<Losses>,
     max_batch_flows: usize,
     cache_entries: usize,
     /// One batch of a probe at a time, so that a concurrent resend waits
@@ -66,6 +68,7 @@ impl Ingest {
             inner: Arc::new(Inner {
                 store,
                 state,
+                losses: Arc::new(Losses::new(metrics.clone())),
                 metrics,
                 max_batch_flows,
                 cache_entries,
@@ -73,6 +76,11 @@ impl Ingest {
                 push_enricher: tokio::sync::Mutex::new(Enricher::new(cache_entries)),
             }),
         }
+    }
+
+    /// The probes' losses as reported with their batches.
+    pub fn losses(&self) -> Arc<Losses> {
+        self.inner.losses.clone()
     }
 
     /// The tonic service, ready for `Server::add_service`.
@@ -152,14 +160,11 @@ impl Ingest {
             );
         }
         if let Some(losses) = &batch.losses {
-            for (kind, value) in [
-                ("ringbuf_lost_events", losses.ringbuf_lost_events),
-                ("buffer_overflow_records", losses.buffer_overflow_records),
-                ("flow_table_evictions", losses.flow_table_evictions),
-            ] {
-                let labels = vec![("probe", batch.probe_id.clone()), ("kind", kind.to_owned())];
-                inner.metrics.probe_losses.get_or_create(&labels).set(value);
-            }
+            // Counted even when the flows are refused below: the report
+            // comes from a probe whose identity was checked.
+            inner
+                .losses
+                .record(&batch.probe_id, &batch.node, losses, crate::now_ns());
         }
         let turn = {
             let mut probes = inner.probes.lock().unwrap_or_else(|p| p.into_inner());

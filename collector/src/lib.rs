@@ -25,6 +25,7 @@ pub mod cluster;
 pub mod config;
 pub mod enrich;
 pub mod ingest;
+pub mod losses;
 pub mod metrics;
 pub mod suggest;
 pub mod tables;
@@ -225,6 +226,8 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
             QueryLimits {
                 timeout: config.query_timeout,
                 max_rows: config.query_max_rows,
+                memory_bytes: config.query_memory_limit,
+                max_concurrent: config.max_concurrent_queries,
             },
         )
         .map_err(|source| Error::Query { source })?,
@@ -330,6 +333,7 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
         config.max_batch_flows,
         config.verdict_cache_entries,
     );
+    let ingest_losses = ingest.losses();
     let mut grpc_stop = stopped.clone();
     let mut grpc_server = tonic::transport::Server::builder();
     match &config.grpc_tls {
@@ -367,6 +371,7 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
         cluster: state,
         history,
         metrics,
+        losses: ingest_losses,
         max_rows: config.query_max_rows,
     })
     .merge(flowgate_web::router())

@@ -29,8 +29,8 @@ pub struct Metrics {
     /// Flows judged, by final verdict and the policy that decided it.
     pub verdicts: Family<Labels, Counter>,
     pub enforcement_mismatches: Counter,
-    /// Probe losses reported in-band, by probe and kind.
-    pub probe_losses: Family<Labels, Gauge<u64, AtomicU64>>,
+    /// Probe losses reported in-band, by node and kind (see [`crate::losses`]).
+    pub probe_losses: Family<crate::losses::LossLabels, Counter>,
     pub store_rows: Gauge<i64>,
     pub store_bytes: Gauge<i64>,
     pub query_seconds: Histogram,
@@ -123,7 +123,7 @@ impl Metrics {
         );
         registry.register(
             "probe_losses",
-            "Losses reported by probes since they started, by probe and kind",
+            "Flows or packets probes lost, as they reported in-band, by node and kind",
             m.probe_losses.clone(),
         );
         registry.register(

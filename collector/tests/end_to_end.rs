@@ -299,11 +299,25 @@ async fn bad_batches_are_rejected_with_a_reason_and_the_stream_goes_on() -> Resu
         "flowgate_collector_batches_rejected_total{reason=\"schema_version\"} 1",
         "flowgate_collector_batches_rejected_total{reason=\"too_large\"} 1",
         "flowgate_collector_flows_ingested_total 7",
-        "flowgate_collector_probe_losses{probe=\"p\",kind=\"ringbuf_lost_events\"} 7",
+        "flowgate_collector_probe_losses_total{node=\"node-a\",kind=\"ringbuf_lost_events\"} 7",
         "flowgate_collector_enforcement_mismatches_total 2",
     ] {
         assert!(metrics.contains(want), "metrics lack {want:?}:\n{metrics}");
     }
+    // Five batches carried the same report: the loss is counted once, and
+    // the dashboard's window view names the node.
+    let losses = client::http_json(
+        http::Method::GET,
+        &format!("http://{}/api/v1/losses?since=1h", collector.http_addr()),
+        None,
+    )
+    .await?;
+    assert_eq!(losses["total"], 7, "{losses}");
+    assert_eq!(
+        losses["losses"],
+        json!([{"node": "node-a", "kind": "ringbuf_lost_events", "count": 7, "time_ns": losses["losses"][0]["time_ns"]}]),
+        "{losses}"
+    );
     collector.shutdown().await?;
     Ok(())
 }

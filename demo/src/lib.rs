@@ -19,5 +19,6 @@ pub mod run;
 pub mod scenario;
 pub mod topology;
 pub mod traffic;
+pub mod trust;
 
 pub use error::DemoError;

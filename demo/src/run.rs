@@ -3,7 +3,7 @@
 //! `flowgate` binary, and a traffic generator, all undone by [`Demo`]'s drop.
 //!
 //! ```text
-//!  host netns:  collector (gRPC on 169.254.77.1:4245, HTTP/dashboard on --http-listen)
+//!  host netns:  collector (gRPC+mTLS on 169.254.77.1:4245, HTTP/dashboard on --http-listen)
 //!                  ▲ fg-uplink (veth, link-local /30)
 //!  fg-node:     probe (eBPF on fg-v*, fg-ext; metrics on 169.254.77.2:9465), nft table
 //!                  │ fg-v0 … fg-vN, fg-ext
@@ -11,7 +11,9 @@
 //! ```
 //! The probe runs inside the node namespace (entered between fork and exec,
 //! so it keeps the host's mounts: tracefs, bpffs); the collector stays in
-//! the host's so the dashboard is reachable on 127.0.0.1.
+//! the host's so the dashboard is reachable on 127.0.0.1. The probe proves
+//! its node with a client certificate and the API wants the token the demo
+//! writes to `--api-token-file` ([`crate::trust`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -49,6 +51,8 @@ pub struct DemoConfig {
     pub interval: Duration,
     /// The collector's store; a fresh temporary directory when `None`.
     pub data_dir: Option<PathBuf>,
+    /// Where the API token is written (removed on exit).
+    pub token_file: PathBuf,
 }
 
 /// Counters of the traffic generator.
@@ -75,6 +79,8 @@ pub struct Demo {
     /// The scenario's `changes`, timed from the start of traffic.
     schedule: Schedule,
     started: Instant,
+    token: String,
+    token_file: PathBuf,
 }
 
 impl std::fmt::Debug for Demo {
@@ -111,6 +117,8 @@ impl Demo {
             http_addr: config.http_listen,
             enforcement: config.enforcement,
             started: Instant::now(),
+            token: crate::trust::new_token()?,
+            token_file: config.token_file.clone(),
         };
         let placed = demo.placed.clone();
 
@@ -126,6 +134,13 @@ impl Demo {
             .clone()
             .unwrap_or_else(|| demo.workdir.join("store"));
         let grpc = SocketAddr::from((UPLINK_HOST_IP, DEFAULT_GRPC_PORT));
+        let certs = crate::trust::make_certs(
+            &config.exe,
+            &demo.workdir.join("certs"),
+            &UPLINK_HOST_IP.to_string(),
+            crate::scenario::NODE_NAME,
+        )?;
+        crate::trust::write_token(&demo.token_file, &demo.token)?;
         let mut collector = Command::new(&config.exe);
         collector
             .arg("collector")
@@ -137,6 +152,15 @@ impl Demo {
             .arg("--http-listen")
             .arg(config.http_listen.to_string());
         collector.arg("--data-dir").arg(&data_dir);
+        collector
+            .arg("--tls-cert")
+            .arg(&certs.collector_cert)
+            .arg("--tls-key")
+            .arg(&certs.collector_key)
+            .arg("--client-ca")
+            .arg(&certs.ca)
+            .arg("--api-token-file")
+            .arg(&demo.token_file);
         die_with_parent(&mut collector);
         demo.collector = Some(collector.spawn().map_err(DemoError::io(format!(
             "starting {} collector",
@@ -155,7 +179,13 @@ impl Demo {
         probe
             .arg("probe")
             .arg("--collector")
-            .arg(format!("http://{grpc}"));
+            .arg(format!("https://{grpc}"))
+            .arg("--tls-ca")
+            .arg(&certs.ca)
+            .arg("--tls-cert")
+            .arg(&certs.probe_cert)
+            .arg("--tls-key")
+            .arg(&certs.probe_key);
         probe.arg("--interfaces").arg(format!(
             "{}*,{}",
             topology::POD_LINK_PREFIX,
@@ -222,6 +252,11 @@ impl Demo {
         self.http_addr
     }
 
+    /// The file holding the API token.
+    pub fn token_file(&self) -> &Path {
+        &self.token_file
+    }
+
     pub fn placed(&self) -> &Placed {
         &self.placed
     }
@@ -258,6 +293,10 @@ impl Demo {
         terminate(self.collector.take(), "collector");
         self.servers.take();
         self.topology.take();
+        // Only our own token: another demo may have replaced it since.
+        if std::fs::read_to_string(&self.token_file).is_ok_and(|t| t.trim() == self.token) {
+            let _ = std::fs::remove_file(&self.token_file);
+        }
         // `stop` then `drop` both get here; the second finds nothing to do.
         if self.workdir.exists()
             && let Err(e) = std::fs::remove_dir_all(&self.workdir)
@@ -396,12 +435,24 @@ pub fn http_request(
     path: &str,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    http_request_as(addr, method, path, body, None)
+}
+
+/// [`http_request`] with `Authorization: Bearer token`.
+pub fn http_request_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or("");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         conn,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut response = String::new();

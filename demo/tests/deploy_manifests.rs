@@ -8,7 +8,11 @@
 //! the binary's defaults and with each other (Service → container port names,
 //! probe `--collector` → the Service); RBAC is read-only and limited to the
 //! kinds flowgate reads; the probe has exactly the capabilities it needs, is
-//! not privileged, and mounts the kernel filesystems read-only.
+//! not privileged, and mounts the kernel filesystems read-only. The
+//! collector's own NetworkPolicy is judged by flowgate's policy engine on a
+//! cluster holding the rendered collector: probes (hostNetwork, node
+//! addresses) reach gRPC, labelled API clients reach HTTP, nobody else
+//! reaches either; and flowgate's lint finds no error in it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -19,6 +23,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
     Container, Namespace, PersistentVolumeClaim, PodSpec, Service, ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
@@ -171,6 +176,7 @@ struct Manifests {
     deployments: Vec<Deployment>,
     daemon_sets: Vec<DaemonSet>,
     services: Vec<Service>,
+    network_policies: Vec<NetworkPolicy>,
 }
 
 fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
@@ -192,6 +198,7 @@ impl Manifests {
                 "Deployment" => m.deployments.push(typed(o)?),
                 "DaemonSet" => m.daemon_sets.push(typed(o)?),
                 "Service" => m.services.push(typed(o)?),
+                "NetworkPolicy" => m.network_policies.push(typed(o)?),
                 other => bail!(
                     "unexpected kind {other:?} in deploy/: add it to this test with its invariants"
                 ),
@@ -621,6 +628,110 @@ fn check_all(m: &Manifests, images: &BTreeMap<String, String>) -> Result<()> {
     check_collector(m)?;
     check_service(m)?;
     check_probe(m)?;
+    check_network_policy(m)?;
+    Ok(())
+}
+
+/// The nodes' network of the test cluster: inside the policy's ipBlock as
+/// the base ships it; pods live in 10.244.0.0/16.
+const NODE_IPS: [&str; 2] = ["10.0.0.1", "10.0.0.2"];
+
+fn pod_yaml(
+    namespace: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    ip: &str,
+    node: usize,
+    host_network: bool,
+) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"namespace": namespace, "name": name, "labels": labels},
+        "spec": {"nodeName": format!("node-{node}"), "hostNetwork": host_network,
+                 "containers": [{"name": "c", "image": "x"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": NODE_IPS[node]},
+    })
+}
+
+/// The rendered NetworkPolicies, judged by flowgate's engine on a cluster
+/// with the rendered collector pod in it.
+fn check_network_policy(m: &Manifests) -> Result<()> {
+    ensure!(
+        !m.network_policies.is_empty(),
+        "the collector's NetworkPolicy is missing"
+    );
+    let d = m
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("flowgate-collector"))
+        .context("no flowgate-collector Deployment")?;
+    let namespace = d.metadata.namespace.clone().context("collector namespace")?;
+    let collector_labels = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .context("collector pod labels")?;
+    let (_, container) = collector(m)?;
+    let grpc = u16::try_from(port_named(container, "grpc").context("grpc port")?)?;
+    let http = u16::try_from(port_named(container, "http").context("http port")?)?;
+    let client = BTreeMap::from([("flowgate.io/api-client".to_owned(), "true".to_owned())]);
+    let plain = BTreeMap::from([("app".to_owned(), "shop".to_owned())]);
+    let mut docs = vec![
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+        pod_yaml(&namespace, "collector", &collector_labels, "10.244.0.10", 0, false),
+        pod_yaml(&namespace, "probe-remote", &BTreeMap::new(), NODE_IPS[1], 1, true),
+        pod_yaml("monitoring", "prometheus", &client, "10.244.1.20", 1, false),
+        pod_yaml("shop", "web", &plain, "10.244.1.30", 1, false),
+    ];
+    for p in &m.network_policies {
+        docs.push(serde_json::to_value(p)?);
+    }
+    let yaml = docs
+        .iter()
+        .map(serde_norway::to_string)
+        .collect::<Result<Vec<_>, _>>()?
+        .join("---\n");
+    let mut objects = flowgate_policy::ClusterObjects::default();
+    objects.parse_yaml("rendered manifests", &yaml)?;
+    let cluster = flowgate_policy::Cluster::build(&objects, 1)
+        .map_err(|e| anyhow::anyhow!("the rendered policies do not build: {e}"))?;
+    let endpoint = |ns: &str, name: &str| -> Result<flowgate_policy::Endpoint> {
+        let id = cluster.find_pod(ns, name).with_context(|| format!("{ns}/{name}"))?;
+        Ok(cluster.pod_endpoint(id, None))
+    };
+    let to = endpoint(&namespace, "collector")?;
+    let cases = [
+        ("a probe on another node, gRPC", endpoint(&namespace, "probe-remote")?, grpc, true),
+        ("a labelled API client, HTTP", endpoint("monitoring", "prometheus")?, http, true),
+        ("a labelled API client, gRPC", endpoint("monitoring", "prometheus")?, grpc, false),
+        ("an unlabelled pod, HTTP", endpoint("shop", "web")?, http, false),
+        ("an unlabelled pod, gRPC", endpoint("shop", "web")?, grpc, false),
+        (
+            "an address outside the cluster, gRPC",
+            cluster.endpoint_for_ip("203.0.113.9".parse()?),
+            grpc,
+            false,
+        ),
+    ];
+    for (what, from, port, allowed) in cases {
+        let v = cluster.verdict(&from, &to, port, flowgate_policy::Protocol::Tcp);
+        ensure!(
+            v.allowed == allowed,
+            "{what} → collector:{port}: {} by the collector's NetworkPolicy, expected {}",
+            if v.allowed { "allowed" } else { "denied" },
+            if allowed { "allowed" } else { "denied" }
+        );
+    }
+    let errors: Vec<_> = flowgate_policy::lint(&cluster)
+        .into_iter()
+        .filter(|f| {
+            f.severity == flowgate_policy::Severity::Error && f.namespace == namespace
+        })
+        .collect();
+    ensure!(errors.is_empty(), "lint finds errors in the collector's policies: {errors:?}");
     Ok(())
 }
 

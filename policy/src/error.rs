@@ -9,6 +9,14 @@ pub enum ParseError {
         document: usize,
         message: String,
     },
+    #[error(
+        "{source_name}: {bytes} bytes of YAML, the limit is {limit} (split the cluster over several files)"
+    )]
+    TooLarge {
+        source_name: String,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("{source_name}: document {document}: not a Kubernetes object (it has no `kind`)")]
     NotAnObject {
         source_name: String,

@@ -11,6 +11,11 @@ use serde_norway::Value;
 use crate::crd::ClusterPolicyObject;
 use crate::error::ParseError;
 
+/// The most YAML one text (one file) may hold: far more than any cluster's
+/// objects (etcd refuses objects over 1.5 MiB), small enough that a wrong
+/// file cannot exhaust memory.
+pub const MAX_YAML_BYTES: u64 = 128 << 20;
+
 /// The objects the engine needs, as the Kubernetes API defines them.
 #[derive(Debug, Default, Clone)]
 pub struct ClusterObjects {
@@ -29,6 +34,13 @@ impl ClusterObjects {
     /// Adds every object of a YAML (or JSON) text. `source` names the text
     /// in errors, e.g. its file path.
     pub fn parse_yaml(&mut self, source: &str, text: &str) -> Result<(), ParseError> {
+        if text.len() as u64 > MAX_YAML_BYTES {
+            return Err(ParseError::TooLarge {
+                source_name: source.to_string(),
+                bytes: text.len() as u64,
+                limit: MAX_YAML_BYTES,
+            });
+        }
         for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
             let document = i + 1;
             let value = Value::deserialize(doc).map_err(|e| ParseError::Yaml {
@@ -210,10 +222,21 @@ pub fn load_paths(
             });
         }
         for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Io {
+            let io = |source| LoadError::Io {
                 path: file.clone(),
                 source,
-            })?;
+            };
+            // Before reading: a huge file is refused without loading it.
+            let bytes = std::fs::metadata(&file).map_err(io)?.len();
+            if bytes > MAX_YAML_BYTES {
+                return Err(crate::ParseError::TooLarge {
+                    source_name: file.display().to_string(),
+                    bytes,
+                    limit: MAX_YAML_BYTES,
+                }
+                .into());
+            }
+            let text = std::fs::read_to_string(&file).map_err(io)?;
             objects.parse_yaml(&file.display().to_string(), &text)?;
         }
     }
@@ -223,6 +246,18 @@ pub fn load_paths(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_over_the_limit_is_refused_naming_the_limit() {
+        let big = " ".repeat(MAX_YAML_BYTES as usize + 1);
+        let err = ClusterObjects::default()
+            .parse_yaml("big.yaml", &big)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("big.yaml") && err.to_string().contains("the limit is"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn lists_and_typed_lists_are_unpacked() {

@@ -139,6 +139,9 @@ impl Exporter {
                     if acked {
                         backoff.reset();
                     }
+                    self.metrics.set_link(crate::metrics::Link::Buffering {
+                        reason: format!("collector {} unavailable: {}", self.collector, e.message()),
+                    });
                     tracing::warn!(collector = %self.collector, error = %e, retry_in = ?backoff.current(), "collector unavailable");
                 }
             }
@@ -200,6 +203,7 @@ impl Exporter {
         let (tx, rx) = mpsc::channel::<FlowBatch>(16);
         let mut acks = client.stream(ReceiverStream::new(rx)).await?.into_inner();
         tracing::info!(collector, "streaming flows to the collector");
+        metrics.set_link(crate::metrics::Link::Streaming);
         buffer.lock().unwrap().restart();
         loop {
             // Send everything not yet sent on this stream.

@@ -398,6 +398,9 @@ impl Components {
 struct LossTotals {
     ringbuf: AtomicU64,
     evictions: AtomicU64,
+    /// The kernel's FG_CTR_TRUNCATED and FG_CTR_FLOW_UPDATE_FAIL, as last read.
+    truncated: AtomicU64,
+    update_failures: AtomicU64,
 }
 
 impl LossTotals {
@@ -407,6 +410,8 @@ impl LossTotals {
             ringbuf_lost_events: totals.ringbuf.load(Ordering::Relaxed),
             buffer_overflow_records: lock(&buffer).overflow_records,
             flow_table_evictions: totals.evictions.load(Ordering::Relaxed),
+            kernel_truncated_packets: totals.truncated.load(Ordering::Relaxed),
+            kernel_flow_update_failures: totals.update_failures.load(Ordering::Relaxed),
         })
     }
 }
@@ -568,6 +573,10 @@ impl Windows {
         }
         let (truncated, update_failures) =
             (total(counter::TRUNCATED), total(counter::FLOW_UPDATE_FAIL));
+        self.losses.truncated.store(truncated, Ordering::Relaxed);
+        self.losses
+            .update_failures
+            .store(update_failures, Ordering::Relaxed);
         for (total, seen, metric, what) in [
             (
                 truncated,

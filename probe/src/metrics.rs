@@ -19,8 +19,22 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Where the probe's flows are going: the readiness `/readyz` reports.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// No stream yet: the first connection is being made.
+    #[default]
+    Connecting,
+    /// A stream to the collector is open.
+    Streaming,
+    /// The collector cannot be reached; flows wait in the buffer.
+    Buffering { reason: String },
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// The exporter's state, for `/readyz`.
+    pub link: std::sync::Mutex<Link>,
     pub packets: Family<InterfaceLabel, Counter>,
     pub flows: Family<InterfaceLabel, Counter>,
     pub ringbuf_lost: Counter,
@@ -164,7 +178,37 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` until `shutdown` completes.
+impl Metrics {
+    pub fn set_link(&self, link: Link) {
+        *self.link.lock().unwrap_or_else(|p| p.into_inner()) = link;
+    }
+
+    /// `/readyz`: served only once the programs are attached, so ready
+    /// means attached and either streaming or buffering for a reason.
+    fn readiness(&self) -> (axum::http::StatusCode, String) {
+        use axum::http::StatusCode;
+        let link = self.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match link {
+            Link::Connecting => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "attached; connecting to the collector\n".into(),
+            ),
+            Link::Streaming => (
+                StatusCode::OK,
+                "ready: attached, streaming to the collector\n".into(),
+            ),
+            Link::Buffering { reason } => (
+                StatusCode::OK,
+                format!(
+                    "ready: attached, buffering {} records: {reason}\n",
+                    self.buffer_records.get()
+                ),
+            ),
+        }
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
@@ -189,7 +233,14 @@ pub async fn serve(
     };
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(render))
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.readiness() }
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

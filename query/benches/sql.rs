@@ -456,6 +456,7 @@ fn main() {
         QueryLimits {
             timeout: Duration::from_secs(600),
             max_rows: 1000,
+            ..QueryLimits::default()
         },
     )
     .expect("engine");

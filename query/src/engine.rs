@@ -4,7 +4,8 @@
 //! statements off: no `CREATE` (so no external tables), no `INSERT`, no
 //! `COPY`, no `SET`. URL tables (`SELECT * FROM 'file.parquet'`) are never
 //! enabled, so queries reach only the registered tables. Every query has a
-//! time limit and a row limit.
+//! time limit, a row limit and a share of one memory pool (nothing spills to
+//! disk: a query that needs more fails), and only so many run at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ use datafusion::dataframe::DataFrame;
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::Expr;
 use datafusion::prelude::col;
 use futures::StreamExt;
@@ -35,6 +38,12 @@ use crate::store::FlowStore;
 pub struct QueryLimits {
     pub timeout: Duration,
     pub max_rows: usize,
+    /// Bytes all running queries may hold together (sorts, joins,
+    /// aggregations); a query that needs more fails.
+    pub memory_bytes: usize,
+    /// Queries running at once; one more is refused, not queued, so a
+    /// client hammering the API cannot pile work up behind the limit.
+    pub max_concurrent: usize,
 }
 
 impl Default for QueryLimits {
@@ -42,8 +51,31 @@ impl Default for QueryLimits {
         QueryLimits {
             timeout: Duration::from_secs(30),
             max_rows: 100_000,
+            memory_bytes: default_memory_bytes(),
+            max_concurrent: 4,
         }
     }
+}
+
+/// The memory the collector may use: the cgroup's limit (a container's
+/// `resources.limits.memory`), else the machine's.
+fn available_memory() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    cgroup.or_else(|| {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    })
+}
+
+/// A quarter of [`available_memory`]: the store's buffers, ingest and the
+/// cluster snapshot need the rest. 1 GiB when the memory is unknown.
+fn default_memory_bytes() -> usize {
+    let bytes = available_memory().map_or(1 << 30, |m| m / 4);
+    usize::try_from(bytes).unwrap_or(usize::MAX)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +84,18 @@ pub enum QueryError {
     /// statement. The message is DataFusion's.
     #[error("{message}")]
     BadQuery { message: String },
-    #[error("query exceeded its time limit of {limit:?}")]
+    #[error("query exceeded its time limit of {limit:?} (--query-timeout)")]
     Timeout { limit: Duration },
+    /// The query needed more memory than the pool had left; `detail` is
+    /// DataFusion's account of which operator asked for how much.
+    #[error(
+        "query exceeded the memory limit of {limit} bytes shared by running queries (--query-memory-limit): {detail}"
+    )]
+    Memory { limit: usize, detail: String },
+    #[error(
+        "{limit} queries are already running, the limit (--max-concurrent-queries); retry when one has finished"
+    )]
+    Busy { limit: usize },
     #[error("internal error: {message}")]
     Internal { message: String },
 }
@@ -62,10 +104,14 @@ impl From<DataFusionError> for QueryError {
     fn from(e: DataFusionError) -> Self {
         let message = e.to_string();
         match e.find_root() {
+            // Only the engine's own runs know the pool's size; see `run`.
+            DataFusionError::ResourcesExhausted(detail) => QueryError::Memory {
+                limit: 0,
+                detail: detail.clone(),
+            },
             DataFusionError::IoError(_)
             | DataFusionError::ObjectStore(_)
             | DataFusionError::ParquetError(_)
-            | DataFusionError::ResourcesExhausted(_)
             | DataFusionError::Internal(_) => QueryError::Internal { message },
             _ => QueryError::BadQuery { message },
         }
@@ -211,6 +257,7 @@ pub struct QueryEngine {
     ctx: SessionContext,
     limits: QueryLimits,
     rule_hits: Arc<RuleHitsTable>,
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 fn utf8(n: &str, nullable: bool) -> Field {
@@ -340,14 +387,22 @@ fn policies_batch(rows: &[PolicyRow]) -> (SchemaRef, RecordBatch) {
 
 impl QueryEngine {
     pub fn new(store: FlowStore, limits: QueryLimits) -> Result<QueryEngine, QueryError> {
+        // No disk manager: a sort or join that outgrows the pool fails
+        // instead of filling the store's disk with spill files.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory_bytes, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()?;
         let config = SessionConfig::new().with_information_schema(true);
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = SessionContext::new_with_config_rt(config, runtime.clone());
         let flows: Arc<dyn TableProvider> = Arc::new(FlowsTable { store });
         ctx.register_table("flows", flows.clone())?;
-        let flows_ctx = SessionContext::new();
+        let flows_ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime.clone());
         flows_ctx.register_table("flows", flows.clone())?;
         ctx.register_table("connections", Arc::new(ConnectionsTable::new(flows_ctx)?))?;
-        let rules_ctx = SessionContext::new();
+        let rules_ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
         rules_ctx.register_table("flows", flows)?;
         let rule_hits = Arc::new(RuleHitsTable::new(rules_ctx)?);
         ctx.register_table("rule_hits", rule_hits.clone())?;
@@ -355,6 +410,7 @@ impl QueryEngine {
             ctx,
             limits,
             rule_hits,
+            running: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent)),
         };
         engine.set_cluster_tables(Vec::new(), Vec::new(), Vec::new());
         engine.set_pod_isolation(&[]);
@@ -481,8 +537,28 @@ impl QueryEngine {
         .await
     }
 
-    /// Plans with `plan`, then runs it within the time and row limits.
+    /// Plans with `plan`, then runs it within the limits.
     async fn run(
+        &self,
+        plan: impl Future<Output = Result<DataFrame, QueryError>>,
+    ) -> Result<QueryResult, QueryError> {
+        let limits = self.limits;
+        let _turn = self
+            .running
+            .try_acquire()
+            .map_err(|_| QueryError::Busy {
+                limit: limits.max_concurrent,
+            })?;
+        self.run_within(plan).await.map_err(|e| match e {
+            QueryError::Memory { detail, .. } => QueryError::Memory {
+                limit: limits.memory_bytes,
+                detail,
+            },
+            other => other,
+        })
+    }
+
+    async fn run_within(
         &self,
         plan: impl Future<Output = Result<DataFrame, QueryError>>,
     ) -> Result<QueryResult, QueryError> {

@@ -367,6 +367,7 @@ fn row_and_time_limits() {
     let f = fixture(QueryLimits {
         timeout: Duration::from_secs(10),
         max_rows: 4,
+        ..QueryLimits::default()
     });
     let v = query(&f, "SELECT * FROM flows");
     assert_eq!(
@@ -376,6 +377,7 @@ fn row_and_time_limits() {
     let slow = fixture(QueryLimits {
         timeout: Duration::from_millis(50),
         max_rows: 10,
+        ..QueryLimits::default()
     });
     let err =
         rt().block_on(slow.engine.sql(

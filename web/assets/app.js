@@ -1,5 +1,7 @@
 // The dashboard shell: hash routing (`#/page?filters`, so every view can be
-// shared as a link), the error banner, and the policy generation badge.
+// shared as a link), the error banner, the loss banner (probes that lost
+// flows in the window, so an empty view is not mistaken for no traffic),
+// and the policy generation badge.
 
 import * as api from "./api.js";
 import { fill, h } from "./dom.js";
@@ -74,7 +76,43 @@ async function showGeneration() {
   }
 }
 
+/** How often the loss banner asks again. */
+const LOSSES_EVERY_MS = 15000;
+
+/** The window of the current view (`since` in the hash), as the API takes it. */
+function lossWindow() {
+  const since = parseHash().params.since || "1h";
+  return since === "all" ? { since: "0", label: "since the collector started" } : { since, label: `in the last ${since}` };
+}
+
+async function showLosses() {
+  const { since, label } = lossWindow();
+  const box = document.getElementById("losses");
+  try {
+    const answer = await api.get("losses", { since });
+    if (!answer.total) {
+      box.hidden = true;
+      return;
+    }
+    const parts = answer.losses.map((l) => `${l.node}: ${l.count} ${l.kind.replaceAll("_", " ")}`);
+    fill(
+      box,
+      h("strong", {}, `Probes reported losses ${label}`),
+      ` — some flows are missing from what you see. ${parts.join("; ")}. `,
+      h("span", { class: "muted" }, "See flowgate_collector_probe_losses_total on /metrics."),
+    );
+    box.hidden = false;
+  } catch (e) {
+    showError(e);
+  }
+}
+
 document.getElementById("error-close").addEventListener("click", clearError);
-window.addEventListener("hashchange", route);
+window.addEventListener("hashchange", () => {
+  route();
+  showLosses();
+});
 route();
 showGeneration();
+showLosses();
+setInterval(showLosses, LOSSES_EVERY_MS);

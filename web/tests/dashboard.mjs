@@ -113,6 +113,16 @@ try {
     check((await rowWith("(reply)").count()) === 1, "the reply is not its own observation row");
   });
 
+  await step("a banner names the probe that reported losses in the window", async () => {
+    // cli/tests/dashboard.rs sent one batch from node-loss reporting losses.
+    const banner = page.locator("#losses");
+    await banner.waitFor({ state: "visible" });
+    const text = await banner.innerText();
+    check(text.includes("Probes reported losses in the last 1h"), `the banner does not say the window: ${text}`);
+    check(text.includes("node-loss: 42 ringbuf lost events") && text.includes("node-loss: 3 flow table evictions"), `the banner does not name the losses: ${text}`);
+    check(!text.includes("node-a"), `a node without losses is in the banner: ${text}`);
+  });
+
   await step("a filter narrows the table and lands in the URL", async () => {
     await go("#/flows?since=1h");
     await rows().first().waitFor();
