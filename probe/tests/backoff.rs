@@ -62,10 +62,12 @@ fn exporter(collector: String, metrics: Arc<Metrics>) -> Exporter {
 /// Reconnects of an exporter to `collector` within `span` of paused time.
 async fn reconnects_within(collector: String, span: Duration) -> u64 {
     let metrics = Arc::new(Metrics::default());
-    let stop = Arc::new(Notify::new());
-    let task = tokio::spawn(exporter(collector, metrics.clone()).run(stop.clone()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(exporter(collector, metrics.clone()).run(async {
+        let _ = stopped.await;
+    }));
     tokio::time::sleep(span).await;
-    stop.notify_one();
+    let _ = stop.send(());
     task.await.expect("the exporter stops when told");
     metrics.reconnects.get()
 }
