@@ -271,24 +271,30 @@ fn run_demo(enforce: &str) -> Result<Vec<Value>> {
                 nothing_rejected(http, &token)?;
                 // The API is closed to callers without the token...
                 let body = serde_json::json!({ "sql": "SELECT 1" }).to_string();
-                let (status, text) = flowgate_demo::run::http_request(
-                    http,
-                    "POST",
-                    "/api/v1/query",
-                    Some(&body),
-                )?;
-                ensure!(status == 401, "a query without the token got {status}: {text}");
+                let (status, text) =
+                    flowgate_demo::run::http_request(http, "POST", "/api/v1/query", Some(&body))?;
+                ensure!(
+                    status == 401,
+                    "a query without the token got {status}: {text}"
+                );
                 // ...and the flows came over mutual TLS: a plaintext
                 // client is refused at the handshake.
                 let plain = flowgate_client::send_batches(
-                    &format!("http://{}:{}", flowgate_demo::topology::UPLINK_HOST_IP, flowgate_proto::DEFAULT_GRPC_PORT),
+                    &format!(
+                        "http://{}:{}",
+                        flowgate_demo::topology::UPLINK_HOST_IP,
+                        flowgate_proto::DEFAULT_GRPC_PORT
+                    ),
                     Vec::new(),
                 );
                 let refused = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?
                     .block_on(plain);
-                ensure!(refused.is_err(), "a plaintext client reached the demo's gRPC port");
+                ensure!(
+                    refused.is_err(),
+                    "a plaintext client reached the demo's gRPC port"
+                );
                 drop(demo);
                 ensure!(!token_file.exists(), "the demo left its token behind");
                 let _ = std::fs::remove_dir_all(&data);

@@ -12,7 +12,10 @@ mod support;
 use support::{Collector, flowgate, succeed};
 
 fn fixtures() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../web/tests/fixtures"))
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../web/tests/fixtures"
+    ))
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -55,7 +58,11 @@ fn replay_streams_over_mutual_tls_and_query_reads_with_a_token() -> Result<()> {
     let flows = flows.to_str().context("path")?;
     let replay = |node: &str, tls: bool| {
         let mut args = vec!["replay", flows, "--collector", &grpc, "--node", node];
-        let (ca, cert, key) = (pem("ca.pem"), pem("probe-node-a.pem"), pem("probe-node-a-key.pem"));
+        let (ca, cert, key) = (
+            pem("ca.pem"),
+            pem("probe-node-a.pem"),
+            pem("probe-node-a-key.pem"),
+        );
         if tls {
             args.extend(["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key]);
             flowgate(&args)

@@ -193,18 +193,17 @@ pub async fn send_batches_with(
             message,
         }
     };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| {
-        ClientError::Url {
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| ClientError::Url {
             url: url.to_owned(),
             message: e.to_string(),
-        }
-    })?;
+        })?;
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls).map_err(connect_err)?;
     }
     let channel = endpoint.connect().await.map_err(connect_err)?;
-    let mut client = FlowIngestClient::new(channel)
-        .max_encoding_message_size(flowgate_proto::MAX_MESSAGE_BYTES);
+    let mut client =
+        FlowIngestClient::new(channel).max_encoding_message_size(flowgate_proto::MAX_MESSAGE_BYTES);
     let count = batches.len();
     let response = client.stream(tokio_stream::iter(batches)).await?;
     let mut acks_in = response.into_inner();

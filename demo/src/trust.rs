@@ -96,8 +96,10 @@ pub fn write_token(path: &Path, token: &str) -> Result<(), DemoError> {
         .map_err(DemoError::io(format!("creating {}", path.display())))?;
     writeln!(file, "{token}").map_err(DemoError::io(format!("writing {}", path.display())))?;
     if let Some((uid, gid)) = invoking_user() {
-        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-            .map_err(DemoError::io(format!("giving {} to uid {uid}", path.display())))?;
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(DemoError::io(format!(
+            "giving {} to uid {uid}",
+            path.display()
+        )))?;
     }
     Ok(())
 }

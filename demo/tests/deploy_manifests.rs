@@ -665,7 +665,11 @@ fn check_network_policy(m: &Manifests) -> Result<()> {
         .iter()
         .find(|d| d.metadata.name.as_deref() == Some("flowgate-collector"))
         .context("no flowgate-collector Deployment")?;
-    let namespace = d.metadata.namespace.clone().context("collector namespace")?;
+    let namespace = d
+        .metadata
+        .namespace
+        .clone()
+        .context("collector namespace")?;
     let collector_labels = d
         .spec
         .as_ref()
@@ -681,8 +685,22 @@ fn check_network_policy(m: &Manifests) -> Result<()> {
         serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
         serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}}),
         serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
-        pod_yaml(&namespace, "collector", &collector_labels, "10.244.0.10", 0, false),
-        pod_yaml(&namespace, "probe-remote", &BTreeMap::new(), NODE_IPS[1], 1, true),
+        pod_yaml(
+            &namespace,
+            "collector",
+            &collector_labels,
+            "10.244.0.10",
+            0,
+            false,
+        ),
+        pod_yaml(
+            &namespace,
+            "probe-remote",
+            &BTreeMap::new(),
+            NODE_IPS[1],
+            1,
+            true,
+        ),
         pod_yaml("monitoring", "prometheus", &client, "10.244.1.20", 1, false),
         pod_yaml("shop", "web", &plain, "10.244.1.30", 1, false),
     ];
@@ -699,16 +717,43 @@ fn check_network_policy(m: &Manifests) -> Result<()> {
     let cluster = flowgate_policy::Cluster::build(&objects, 1)
         .map_err(|e| anyhow::anyhow!("the rendered policies do not build: {e}"))?;
     let endpoint = |ns: &str, name: &str| -> Result<flowgate_policy::Endpoint> {
-        let id = cluster.find_pod(ns, name).with_context(|| format!("{ns}/{name}"))?;
+        let id = cluster
+            .find_pod(ns, name)
+            .with_context(|| format!("{ns}/{name}"))?;
         Ok(cluster.pod_endpoint(id, None))
     };
     let to = endpoint(&namespace, "collector")?;
     let cases = [
-        ("a probe on another node, gRPC", endpoint(&namespace, "probe-remote")?, grpc, true),
-        ("a labelled API client, HTTP", endpoint("monitoring", "prometheus")?, http, true),
-        ("a labelled API client, gRPC", endpoint("monitoring", "prometheus")?, grpc, false),
-        ("an unlabelled pod, HTTP", endpoint("shop", "web")?, http, false),
-        ("an unlabelled pod, gRPC", endpoint("shop", "web")?, grpc, false),
+        (
+            "a probe on another node, gRPC",
+            endpoint(&namespace, "probe-remote")?,
+            grpc,
+            true,
+        ),
+        (
+            "a labelled API client, HTTP",
+            endpoint("monitoring", "prometheus")?,
+            http,
+            true,
+        ),
+        (
+            "a labelled API client, gRPC",
+            endpoint("monitoring", "prometheus")?,
+            grpc,
+            false,
+        ),
+        (
+            "an unlabelled pod, HTTP",
+            endpoint("shop", "web")?,
+            http,
+            false,
+        ),
+        (
+            "an unlabelled pod, gRPC",
+            endpoint("shop", "web")?,
+            grpc,
+            false,
+        ),
         (
             "an address outside the cluster, gRPC",
             cluster.endpoint_for_ip("203.0.113.9".parse()?),
@@ -727,11 +772,12 @@ fn check_network_policy(m: &Manifests) -> Result<()> {
     }
     let errors: Vec<_> = flowgate_policy::lint(&cluster)
         .into_iter()
-        .filter(|f| {
-            f.severity == flowgate_policy::Severity::Error && f.namespace == namespace
-        })
+        .filter(|f| f.severity == flowgate_policy::Severity::Error && f.namespace == namespace)
         .collect();
-    ensure!(errors.is_empty(), "lint finds errors in the collector's policies: {errors:?}");
+    ensure!(
+        errors.is_empty(),
+        "lint finds errors in the collector's policies: {errors:?}"
+    );
     Ok(())
 }
 

@@ -1,26 +1,23 @@
-//! Bounded-time fuzzing on a stable toolchain.
+//! Bounded-time fuzzing on a stable toolchain, with no dependency.
 //!
 //! Each target in `tests/targets.rs` feeds one parser inputs for a fixed
 //! time: random bytes, and valid seeds (fixtures, encoded batches) bent by
-//! random edits. proptest generates them and, on a failure, shrinks the
-//! input to a small one that still fails and prints it with the seed that
+//! random edits, or structures drawn field by field. A failure (an `Err`
+//! from the check, or a panic) is shrunk where the input is bytes (edits
+//! dropped, the tail cut) and reported with the input and the seed that
 //! found it. A found crash becomes a file in `regressions/TARGET/`, which
-//! every later run feeds first.
+//! every later run feeds first, as a seed.
 //!
 //! The budget per target is `FLOWGATE_FUZZ_SECONDS` (default 2, so that
 //! `cargo test` stays quick; `scripts/test.sh` gives each target longer).
 
 use std::fmt::Debug;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
-
 /// How long each target runs unless `FLOWGATE_FUZZ_SECONDS` says otherwise.
 const DEFAULT_BUDGET: Duration = Duration::from_secs(2);
-/// Cases per proptest run; runs repeat with fresh seeds until the budget ends.
-const CASES_PER_RUN: u32 = 64;
 
 /// The time each target gets.
 pub fn budget() -> Duration {
@@ -30,6 +27,73 @@ pub fn budget() -> Duration {
             _ => panic!("FLOWGATE_FUZZ_SECONDS={s:?}: expected a positive number of seconds"),
         },
         Err(_) => DEFAULT_BUDGET,
+    }
+}
+
+/// xorshift64*: small, fast, and reproducible from the printed seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next_u64() % n as u64) as usize
+        }
+    }
+
+    pub fn chance(&mut self, one_in: usize) -> bool {
+        self.below(one_in) == 0
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    pub fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let n = self.below(max + 1);
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+
+    /// Text: mostly short names, sometimes long or arbitrary (UTF-8 of
+    /// random bytes).
+    pub fn text(&mut self, max: usize) -> String {
+        match self.below(4) {
+            0 => String::new(),
+            1 => {
+                let n = 1 + self.below(20);
+                (0..n)
+                    .map(|_| *self.pick(b"abcdefghijklmnopqrstuvwxyz0123456789-.") as char)
+                    .collect()
+            }
+            2 => "x".repeat(self.below(max + 1)),
+            _ => String::from_utf8_lossy(&self.bytes(max)).into_owned(),
+        }
+    }
+
+    /// A value at an edge of its type more often than by chance.
+    pub fn u64_edgy(&mut self) -> u64 {
+        match self.below(5) {
+            0 => 0,
+            1 => u64::MAX,
+            2 => self.below(1000) as u64,
+            _ => self.next_u64(),
+        }
     }
 }
 
@@ -108,6 +172,38 @@ fn at(pos: usize, len: usize) -> usize {
 }
 
 impl Edit {
+    fn random(rng: &mut Rng) -> Edit {
+        let pos = rng.next_u64() as usize;
+        match rng.below(6) {
+            0 => Edit::Flip {
+                at: pos,
+                mask: 1 + rng.below(255) as u8,
+            },
+            1 => Edit::Insert {
+                at: pos,
+                bytes: {
+                    let mut b = rng.bytes(15);
+                    b.push(rng.next_u64() as u8);
+                    b
+                },
+            },
+            2 => Edit::Remove {
+                at: pos,
+                len: 1 + rng.below(63),
+            },
+            3 => Edit::Truncate { at: pos },
+            4 => Edit::Repeat {
+                from: pos,
+                len: 1 + rng.below(255),
+                to: rng.next_u64() as usize,
+            },
+            _ => Edit::Special {
+                at: pos,
+                which: rng.below(SPECIALS.len()),
+            },
+        }
+    }
+
     fn apply(&self, data: &mut Vec<u8>) {
         let len = data.len();
         match self {
@@ -143,44 +239,74 @@ impl Edit {
     }
 }
 
-fn edit() -> impl Strategy<Value = Edit> {
-    let pos = any::<usize>();
-    prop_oneof![
-        (pos, 1u8..).prop_map(|(at, mask)| Edit::Flip { at, mask }),
-        (pos, prop::collection::vec(any::<u8>(), 1..16))
-            .prop_map(|(at, bytes)| Edit::Insert { at, bytes }),
-        (pos, 1usize..64).prop_map(|(at, len)| Edit::Remove { at, len }),
-        pos.prop_map(|at| Edit::Truncate { at }),
-        (pos, 1usize..256, pos).prop_map(|(from, len, to)| Edit::Repeat { from, len, to }),
-        (pos, any::<usize>()).prop_map(|(at, which)| Edit::Special { at, which }),
-    ]
+/// A byte input: which seed, and the edits bent into it (or raw bytes).
+#[derive(Debug, Clone)]
+pub enum BytesCase {
+    Bent { seed: usize, edits: Vec<Edit> },
+    Raw(Vec<u8>),
 }
 
-/// Inputs for a byte parser: a seed bent by a few edits (mostly), or
-/// random bytes.
-pub fn bytes_from(seeds: Vec<Vec<u8>>) -> BoxedStrategy<Vec<u8>> {
-    assert!(!seeds.is_empty(), "a byte target needs at least one seed");
-    let n = seeds.len();
-    let bent = (0..n, prop::collection::vec(edit(), 0..8)).prop_map(move |(i, edits)| {
-        let mut data = seeds[i].clone();
-        for e in &edits {
-            e.apply(&mut data);
+impl BytesCase {
+    pub fn bytes(&self, seeds: &[Vec<u8>]) -> Vec<u8> {
+        match self {
+            BytesCase::Bent { seed, edits } => {
+                let mut data = seeds[*seed].clone();
+                for e in edits {
+                    e.apply(&mut data);
+                }
+                data
+            }
+            BytesCase::Raw(b) => b.clone(),
         }
-        data
-    });
-    prop_oneof![
-        8 => bent,
-        1 => prop::collection::vec(any::<u8>(), 0..512),
-    ]
-    .boxed()
+    }
+
+    fn random(rng: &mut Rng, seeds: usize) -> BytesCase {
+        if rng.chance(9) {
+            return BytesCase::Raw(rng.bytes(512));
+        }
+        let n = rng.below(8);
+        BytesCase::Bent {
+            seed: rng.below(seeds),
+            edits: (0..n).map(|_| Edit::random(rng)).collect(),
+        }
+    }
+
+    /// Smaller cases: one edit fewer, or (raw) a shorter input.
+    fn smaller(&self) -> Vec<BytesCase> {
+        match self {
+            BytesCase::Bent { seed, edits } => (0..edits.len())
+                .map(|i| {
+                    let mut e = edits.clone();
+                    e.remove(i);
+                    BytesCase::Bent {
+                        seed: *seed,
+                        edits: e,
+                    }
+                })
+                .collect(),
+            BytesCase::Raw(b) if !b.is_empty() => vec![
+                BytesCase::Raw(b[..b.len() / 2].to_vec()),
+                BytesCase::Raw(b[1..].to_vec()),
+                BytesCase::Raw(b[..b.len() - 1].to_vec()),
+            ],
+            BytesCase::Raw(_) => Vec::new(),
+        }
+    }
 }
 
-/// Inputs for a text parser: [`bytes_from`] read as UTF-8 (lossily, so
-/// the edits still reach the parser).
-pub fn text_from(seeds: Vec<String>) -> BoxedStrategy<String> {
-    bytes_from(seeds.into_iter().map(String::into_bytes).collect())
-        .prop_map(|b| String::from_utf8_lossy(&b).into_owned())
-        .boxed()
+/// Runs `check` on one input; a panic counts as a failure.
+fn attempt<T>(check: &impl Fn(&T) -> Result<(), String>, input: &T) -> Result<(), String> {
+    match catch_unwind(AssertUnwindSafe(|| check(input))) {
+        Ok(result) => result,
+        Err(panic) => Err(format!(
+            "panicked: {}",
+            panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)")
+        )),
+    }
 }
 
 /// What a target's run did.
@@ -190,48 +316,20 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-/// Runs `check` on inputs of `strategy` until the budget is spent. A
-/// failure (an `Err`, or a panic) is shrunk and reported with the seed that
-/// found it; the test then fails.
-pub fn fuzz<T, S>(target: &str, strategy: S, check: impl Fn(&T) -> Result<(), String>) -> Report
-where
-    S: Strategy<Value = T>,
-    T: Debug,
-{
-    let budget = budget();
-    let started = Instant::now();
-    let mut cases = 0u64;
-    // A different seed every run, printed so a failure can be replayed.
-    let base_seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut round = 0u64;
-    while started.elapsed() < budget {
-        let seed = base_seed.wrapping_add(round);
-        round += 1;
-        let mut bytes = [0u8; 32];
-        bytes[..8].copy_from_slice(&seed.to_le_bytes());
-        let config = Config {
-            cases: CASES_PER_RUN,
-            failure_persistence: None,
-            max_shrink_iters: 4096,
-            ..Config::default()
-        };
-        let mut runner =
-            TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
-        let result = runner.run(&strategy, |input| {
-            check(&input).map_err(TestCaseError::fail)
-        });
-        cases += u64::from(CASES_PER_RUN);
-        match result {
-            Ok(()) => {}
-            Err(TestError::Fail(reason, input)) => panic!(
-                "fuzz target {target} failed (seed {seed}): {reason}\nminimal input: {input:#?}\n\
-                 Save that input under fuzz/regressions/{target}/ and fix the parser."
-            ),
-            Err(TestError::Abort(reason)) => panic!("fuzz target {target} aborted: {reason}"),
-        }
-    }
+fn base_seed() -> u64 {
+    // A different seed every run, printed so a failure can be replayed
+    // (FLOWGATE_FUZZ_SEED).
+    std::env::var("FLOWGATE_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+}
+
+fn finish(target: &str, cases: u64, started: Instant) -> Report {
     let report = Report {
         cases,
         elapsed: started.elapsed(),
@@ -243,35 +341,135 @@ where
     report
 }
 
+/// Runs `check` on inputs drawn by `draw` until the budget is spent; the
+/// first failure fails the test with the input and its seed.
+pub fn fuzz<T: Debug>(
+    target: &str,
+    draw: impl Fn(&mut Rng) -> T,
+    check: impl Fn(&T) -> Result<(), String>,
+) -> Report {
+    let (budget, started, seed) = (budget(), Instant::now(), base_seed());
+    let mut rng = Rng::new(seed);
+    let mut cases = 0u64;
+    while started.elapsed() < budget {
+        let input = draw(&mut rng);
+        cases += 1;
+        if let Err(reason) = attempt(&check, &input) {
+            panic!(
+                "fuzz target {target} failed (FLOWGATE_FUZZ_SEED={seed}, case {cases}): {reason}\ninput: {input:#?}"
+            );
+        }
+    }
+    finish(target, cases, started)
+}
+
+/// [`fuzz`] for a byte parser: seeds bent by edits, or random bytes. A
+/// failing input is shrunk, then printed and written beside the
+/// regressions for the developer to keep.
+pub fn fuzz_bytes(
+    target: &str,
+    seeds: &[Vec<u8>],
+    check: impl Fn(&[u8]) -> Result<(), String>,
+) -> Report {
+    assert!(!seeds.is_empty(), "a byte target needs at least one seed");
+    let check = |b: &Vec<u8>| check(b);
+    // Seeds first: every regression input must pass as it is.
+    for (i, seed) in seeds.iter().enumerate() {
+        if let Err(reason) = attempt(&check, seed) {
+            panic!("fuzz target {target}: seed {i} fails as it is: {reason}");
+        }
+    }
+    let (budget, started, seed) = (budget(), Instant::now(), base_seed());
+    let mut rng = Rng::new(seed);
+    let mut cases = 0u64;
+    while started.elapsed() < budget {
+        let case = BytesCase::random(&mut rng, seeds.len());
+        cases += 1;
+        if let Err(reason) = attempt(&check, &case.bytes(seeds)) {
+            let (case, reason) = shrink(case, reason, |c| attempt(&check, &c.bytes(seeds)));
+            let bytes = case.bytes(seeds);
+            let saved = std::env::temp_dir().join(format!("flowgate-fuzz-{target}-{seed}"));
+            let _ = std::fs::write(&saved, &bytes);
+            panic!(
+                "fuzz target {target} failed (FLOWGATE_FUZZ_SEED={seed}): {reason}\n\
+                 minimal input ({} bytes, saved as {}): {:?}\n\
+                 Copy it to fuzz/regressions/{target}/ and fix the parser.",
+                bytes.len(),
+                saved.display(),
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+    finish(target, cases, started)
+}
+
+fn shrink(
+    mut case: BytesCase,
+    mut reason: String,
+    fails: impl Fn(&BytesCase) -> Result<(), String>,
+) -> (BytesCase, String) {
+    'outer: for _ in 0..256 {
+        for smaller in case.smaller() {
+            if let Err(r) = fails(&smaller) {
+                case = smaller;
+                reason = r;
+                continue 'outer;
+            }
+        }
+        break;
+    }
+    (case, reason)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn edits_stay_in_bounds_of_any_input() {
-        let mut runner = TestRunner::deterministic();
-        runner
-            .run(
-                &(prop::collection::vec(any::<u8>(), 0..8), prop::collection::vec(edit(), 0..16)),
-                |(mut data, edits)| {
-                    for e in &edits {
-                        e.apply(&mut data);
-                    }
-                    Ok(())
-                },
-            )
-            .unwrap();
+        let mut rng = Rng::new(7);
+        for _ in 0..10_000 {
+            let mut data = rng.bytes(8);
+            for _ in 0..rng.below(16) {
+                Edit::random(&mut rng).apply(&mut data);
+            }
+        }
     }
 
     #[test]
     #[should_panic(expected = "fuzz target always-fails failed")]
     fn a_failing_check_fails_the_target() {
-        fuzz("always-fails", bytes_from(vec![b"seed".to_vec()]), |b| {
-            if b.len() < 1000 {
-                Err("short".into())
+        fuzz_bytes("always-fails", &[b"seed".to_vec()], |b| {
+            if b == b"seed" {
+                Ok(())
+            } else {
+                Err("bent".into())
+            }
+        });
+    }
+
+    #[test]
+    fn a_failure_shrinks_to_the_edit_that_matters() {
+        let seeds = [b"abcdef".to_vec()];
+        let case = BytesCase::Bent {
+            seed: 0,
+            edits: vec![
+                Edit::Flip { at: 0, mask: 1 },
+                Edit::Insert {
+                    at: 3,
+                    bytes: b"!".to_vec(),
+                },
+                Edit::Flip { at: 5, mask: 2 },
+            ],
+        };
+        let fails = |c: &BytesCase| {
+            if c.bytes(&seeds).contains(&b'!') {
+                Err("bang".to_owned())
             } else {
                 Ok(())
             }
-        });
+        };
+        let (small, _) = shrink(case, "bang".into(), fails);
+        assert_eq!(small.bytes(&seeds), b"abc!def".to_vec());
     }
 }

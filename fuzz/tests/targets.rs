@@ -9,10 +9,9 @@ use flowgate_collector::cluster::{ClusterState, StateWriter};
 use flowgate_collector::enrich::Enricher;
 use flowgate_collector::ingest::Ingest;
 use flowgate_collector::metrics::Metrics;
-use flowgate_fuzz::{bytes_from, fuzz, regressions, text_from};
+use flowgate_fuzz::{Rng, fuzz, fuzz_bytes, regressions};
 use flowgate_proto::v1::{AckStatus, FlowBatch, SchemaVersion};
 use flowgate_query::{FlowStore, QueryEngine, QueryLimits, StoreConfig};
-use proptest::prelude::*;
 use prost::Message;
 
 fn repo(path: &str) -> PathBuf {
@@ -31,15 +30,11 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Seeds of a text target: its fixtures and its regression files.
-fn text_seeds(target: &str, fixtures: &[&str]) -> Vec<String> {
+fn text_seeds(target: &str, fixtures: &[&str]) -> Vec<Vec<u8>> {
     fixtures
         .iter()
-        .map(|f| read(f))
-        .chain(
-            regressions(target)
-                .into_iter()
-                .map(|(_, b)| String::from_utf8_lossy(&b).into_owned()),
-        )
+        .map(|f| read(f).into_bytes())
+        .chain(regressions(target).into_iter().map(|(_, b)| b))
         .collect()
 }
 
@@ -57,8 +52,9 @@ fn ingest(dir: &Path) -> Ingest {
     let metrics = Arc::new(Metrics::new());
     let state = ClusterState::default();
     let mut writer = StateWriter::new(state.clone(), Duration::from_secs(60), metrics.clone());
-    let inputs = flowgate_collector::cluster::files::load(&[repo("collector/tests/fixtures/cluster")])
-        .expect("fixture cluster loads");
+    let inputs =
+        flowgate_collector::cluster::files::load(&[repo("collector/tests/fixtures/cluster")])
+            .expect("fixture cluster loads");
     writer.rebuild(&inputs, flowgate_collector::now_ns());
     Ingest::new(store, state, metrics, 100, 1024)
 }
@@ -93,10 +89,10 @@ fn grpc_frames() {
     let dir = tempfile::tempdir().unwrap();
     let ingest = ingest(dir.path());
     let rt = runtime();
-    fuzz("grpc_frames", bytes_from(encoded_seeds()), |bytes| {
+    fuzz_bytes("grpc_frames", &encoded_seeds(), |bytes| {
         // Bytes that do not decode are INVALID_ARGUMENT in tonic's codec;
         // those that do go through the whole validation path.
-        match FlowBatch::decode(bytes.as_slice()) {
+        match FlowBatch::decode(bytes) {
             Ok(batch) => handle(&rt, &ingest, batch),
             Err(_) => Ok(()),
         }
@@ -105,49 +101,43 @@ fn grpc_frames() {
 
 /// A flow with fields drawn anywhere in their types: short and long
 /// addresses, unknown enums, huge counters, odd names.
-fn any_flow() -> impl Strategy<Value = flowgate_proto::v1::Flow> {
-    let ip = prop_oneof![
-        Just(vec![10, 1, 0, 10]),
-        Just(vec![10, 1, 0, 20]),
-        prop::collection::vec(any::<u8>(), 0..20),
-    ];
-    let text = prop_oneof![Just(String::new()), "[a-z0-9-]{1,20}", ".{0,300}"];
-    (
-        (ip.clone(), ip, any::<u32>(), any::<u32>(), any::<i32>()),
-        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<i32>()),
-        (any::<i32>(), any::<u32>(), text.clone(), any::<i32>(), any::<i32>()),
-        (text.clone(), text.clone(), text, any::<i32>(), any::<u64>()),
-    )
-        .prop_map(
-            |(
-                (src_ip, dst_ip, src_port, dst_port, protocol),
-                (first_seen_ns, last_seen_ns, packets, bytes, direction),
-                (kernel_fate, drop_reason_code, drop_reason, outcome, failure),
-                (src_dns_name, interface, node, ip_version, dropped_packets),
-            )| flowgate_proto::v1::Flow {
-                node,
-                first_seen_ns,
-                last_seen_ns,
-                interface,
-                direction,
-                ip_version,
-                src_ip,
-                dst_ip,
-                protocol,
-                src_port,
-                dst_port,
-                packets,
-                bytes,
-                kernel_fate,
-                drop_reason_code,
-                drop_reason,
-                dropped_packets,
-                outcome,
-                failure,
-                src_dns_name,
-                ..Default::default()
-            },
-        )
+fn any_flow(rng: &mut Rng) -> flowgate_proto::v1::Flow {
+    let mut ip = |rng: &mut Rng| match rng.below(3) {
+        0 => vec![10, 1, 0, 10],
+        1 => vec![10, 1, 0, 20],
+        _ => rng.bytes(20),
+    };
+    let int = |rng: &mut Rng| {
+        if rng.chance(2) {
+            rng.below(8) as i32
+        } else {
+            rng.next_u64() as i32
+        }
+    };
+    flowgate_proto::v1::Flow {
+        node: rng.text(300),
+        first_seen_ns: rng.u64_edgy(),
+        last_seen_ns: rng.u64_edgy(),
+        interface: rng.text(40),
+        direction: int(rng),
+        ip_version: int(rng),
+        src_ip: ip(rng),
+        dst_ip: ip(rng),
+        protocol: int(rng),
+        src_port: rng.u64_edgy() as u32,
+        dst_port: rng.u64_edgy() as u32,
+        packets: rng.u64_edgy(),
+        bytes: rng.u64_edgy(),
+        kernel_fate: int(rng),
+        drop_reason_code: rng.next_u64() as u32,
+        drop_reason: rng.text(300),
+        dropped_packets: rng.u64_edgy(),
+        outcome: int(rng),
+        failure: int(rng),
+        src_dns_name: rng.text(300),
+        dst_dns_name: rng.text(300),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -156,31 +146,34 @@ fn flow_batch_validation() {
     let ingest = ingest(dir.path());
     let rt = runtime();
     let valid = fixture_flows();
-    let flows = prop_oneof![
-        prop::collection::vec(any_flow(), 0..8),
-        // Valid flows with one bent field: checks must name that one.
-        (prop::collection::vec(any_flow(), 1..2), 0..valid.len()).prop_map(move |(bad, i)| {
+    let batch = |rng: &mut Rng| {
+        let flows = if rng.chance(2) {
+            (0..rng.below(8)).map(|_| any_flow(rng)).collect()
+        } else {
+            // Valid flows with one bent: the check must name that one.
             let mut v = valid.clone();
-            v[i] = bad[0].clone();
+            let i = rng.below(v.len());
+            v[i] = any_flow(rng);
             v
-        }),
-    ];
-    let names = prop_oneof![Just("node-a".to_owned()), ".{0,300}", "[a-z]{250,260}"];
-    let batch = (
-        prop_oneof![Just(SchemaVersion::V1 as i32), any::<i32>()],
-        names.clone(),
-        names,
-        any::<u64>(),
-        flows,
-    )
-        .prop_map(|(schema_version, probe_id, node, sequence, flows)| FlowBatch {
-            schema_version,
-            probe_id,
-            node,
-            sequence,
+        };
+        let name = |rng: &mut Rng| match rng.below(3) {
+            0 => "node-a".to_owned(),
+            1 => "n".repeat(250 + rng.below(10)),
+            _ => rng.text(300),
+        };
+        FlowBatch {
+            schema_version: if rng.chance(8) {
+                rng.next_u64() as i32
+            } else {
+                SchemaVersion::V1 as i32
+            },
+            probe_id: name(rng),
+            node: name(rng),
+            sequence: rng.u64_edgy(),
             flows,
             losses: None,
-        });
+        }
+    };
     fuzz("flow_batch_validation", batch, |b| {
         handle(&rt, &ingest, b.clone())?;
         if b.probe_id.len() > flowgate_collector::ingest::MAX_NAME_BYTES
@@ -208,7 +201,8 @@ fn cluster_yaml() {
             "policy/tests/fixtures/lists.yaml",
         ],
     );
-    fuzz("cluster_yaml", text_from(seeds), |text| {
+    fuzz_bytes("cluster_yaml", &seeds, |bytes| {
+        let text = &String::from_utf8_lossy(bytes);
         let mut objects = flowgate_policy::ClusterObjects::default();
         if objects.parse_yaml("fuzz.yaml", text).is_ok() {
             let (_cluster, _invalid) = flowgate_policy::Cluster::build_lenient_with_tiers(
@@ -233,9 +227,11 @@ fn replay_files() {
             "web/tests/fixtures/flows.yaml",
         ],
     );
-    fuzz("replay_files", text_from(seeds), |text| {
+    fuzz_bytes("replay_files", &seeds, |bytes| {
+        let text = &String::from_utf8_lossy(bytes);
         if let Ok(flows) = flowgate_client::replay::parse("fuzz.yaml", text) {
-            let _ = flowgate_client::replay::to_flows("fuzz.yaml", &flows, 1_700_000_000_000_000_000);
+            let _ =
+                flowgate_client::replay::to_flows("fuzz.yaml", &flows, 1_700_000_000_000_000_000);
         }
         Ok(())
     });
@@ -266,13 +262,17 @@ fn wal_reader() {
     seeds.extend(regressions("wal_reader").into_iter().map(|(_, b)| b));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fuzz.wal");
-    fuzz("wal_reader", bytes_from(seeds), |bytes| {
+    fuzz_bytes("wal_reader", &seeds, |bytes| {
         std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
         match flowgate_query::wal::Wal::open(&path) {
             Ok((wal, records, cut)) => {
                 let kept = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
                 // An empty file gets a fresh header.
-                let read = if bytes.is_empty() { 10 } else { bytes.len() as u64 };
+                let read = if bytes.is_empty() {
+                    10
+                } else {
+                    bytes.len() as u64
+                };
                 if kept + cut != read {
                     return Err(format!(
                         "{} bytes read, {kept} kept and {cut} cut",
@@ -280,7 +280,10 @@ fn wal_reader() {
                     ));
                 }
                 if wal.bytes() != kept {
-                    return Err(format!("the log says {} bytes, the file has {kept}", wal.bytes()));
+                    return Err(format!(
+                        "the log says {} bytes, the file has {kept}",
+                        wal.bytes()
+                    ));
                 }
                 drop(records);
             }
@@ -292,14 +295,66 @@ fn wal_reader() {
 
 /// Pieces of SQL that try to leave the sandbox, change it, or outgrow it.
 const SQL_PIECES: &[&str] = &[
-    "SELECT", "*", "FROM", "flows", "connections", "pods", "namespaces", "policies",
-    "policy_history", "label_history", "information_schema.df_settings", "WHERE", "true", "1",
-    ",", "(", ")", ";", "AS", "x", "JOIN", "ON", "UNION ALL", "ORDER BY 1", "LIMIT 5",
-    "GROUP BY 1", "count(*)", "COPY", "TO", "CREATE", "EXTERNAL", "TABLE", "VIEW", "STORED AS CSV",
-    "LOCATION", "SET", "datafusion.execution.batch_size", "=", "INSERT INTO", "VALUES", "DROP",
-    "DELETE FROM", "UPDATE", "EXPLAIN", "ANALYZE", "PREPARE", "EXECUTE", "DESCRIBE", "SHOW ALL",
-    "WITH", "generate_series(1, 100000)", "unnest(", "array_agg(", "read_csv(", "read_parquet(",
-    "'", "\"", "--", "/*", "*/",
+    "SELECT",
+    "*",
+    "FROM",
+    "flows",
+    "connections",
+    "pods",
+    "namespaces",
+    "policies",
+    "policy_history",
+    "label_history",
+    "information_schema.df_settings",
+    "WHERE",
+    "true",
+    "1",
+    ",",
+    "(",
+    ")",
+    ";",
+    "AS",
+    "x",
+    "JOIN",
+    "ON",
+    "UNION ALL",
+    "ORDER BY 1",
+    "LIMIT 5",
+    "GROUP BY 1",
+    "count(*)",
+    "COPY",
+    "TO",
+    "CREATE",
+    "EXTERNAL",
+    "TABLE",
+    "VIEW",
+    "STORED AS CSV",
+    "LOCATION",
+    "SET",
+    "datafusion.execution.batch_size",
+    "=",
+    "INSERT INTO",
+    "VALUES",
+    "DROP",
+    "DELETE FROM",
+    "UPDATE",
+    "EXPLAIN",
+    "ANALYZE",
+    "PREPARE",
+    "EXECUTE",
+    "DESCRIBE",
+    "SHOW ALL",
+    "WITH",
+    "generate_series(1, 100000)",
+    "unnest(",
+    "array_agg(",
+    "read_csv(",
+    "read_parquet(",
+    "'",
+    "\"",
+    "--",
+    "/*",
+    "*/",
 ];
 
 /// Whole statements that must be refused, with the canary and output
@@ -324,17 +379,27 @@ fn escapes(canary: &str, out: &str) -> Vec<String> {
     ]
 }
 
-fn sql_statement(canary: String, out: String) -> impl Strategy<Value = String> {
-    let pieces = prop::collection::vec(prop::sample::select(SQL_PIECES), 1..14)
-        .prop_map(|p| p.join(" "));
-    let whole = prop::sample::select(escapes(&canary, &out));
-    let paths = prop::sample::select(vec![format!("'{canary}'"), format!("'{out}'")]);
-    prop_oneof![
-        3 => whole.clone(),
-        3 => pieces.clone(),
-        2 => (whole, pieces.clone()).prop_map(|(w, p)| format!("{w} {p}")),
-        2 => (pieces.clone(), paths, pieces).prop_map(|(a, p, b)| format!("{a} {p} {b}")),
-    ]
+/// A statement: a whole escape attempt, a soup of pieces, or both, with
+/// the canary's and the output's paths among the pieces.
+fn sql_statement(rng: &mut Rng, escapes: &[String], paths: &[String]) -> String {
+    let mut soup = |rng: &mut Rng| {
+        let n = 1 + rng.below(13);
+        (0..n)
+            .map(|_| {
+                if rng.chance(8) {
+                    rng.pick(paths).clone()
+                } else {
+                    (*rng.pick(SQL_PIECES)).to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    match rng.below(4) {
+        0 => rng.pick(escapes).clone(),
+        1 => soup(rng),
+        _ => format!("{} {}", rng.pick(escapes), soup(rng)),
+    }
 }
 
 /// The settings and tables a statement must not change.
@@ -342,7 +407,9 @@ fn sandbox_state(rt: &tokio::runtime::Runtime, engine: &QueryEngine) -> String {
     let sql = "SELECT name, value FROM information_schema.df_settings \
                UNION ALL SELECT table_name, table_type FROM information_schema.tables \
                ORDER BY 1, 2";
-    let r = rt.block_on(engine.sql(sql)).expect("the sandbox describes itself");
+    let r = rt
+        .block_on(engine.sql(sql))
+        .expect("the sandbox describes itself");
     r.to_json().to_string()
 }
 
@@ -364,33 +431,38 @@ fn sql_sandbox() {
     let engine = QueryEngine::new(store, limits).unwrap();
     let rt = runtime();
     let before = sandbox_state(&rt, &engine);
-    let statements = sql_statement(
-        canary.display().to_string(),
-        out.display().to_string(),
+    let escapes = escapes(&canary.display().to_string(), &out.display().to_string());
+    let paths = [
+        format!("'{}'", canary.display()),
+        format!("'{}'", out.display()),
+    ];
+    fuzz(
+        "sql_sandbox",
+        |rng| sql_statement(rng, &escapes, &paths),
+        |sql| {
+            match rt.block_on(engine.sql(sql)) {
+                Ok(result) => {
+                    let rows: usize = result.batches.iter().map(|b| b.num_rows()).sum();
+                    if rows > limits.max_rows {
+                        return Err(format!("{rows} rows, the limit is {}", limits.max_rows));
+                    }
+                    if result.to_json().to_string().contains(secret) {
+                        return Err("the statement read a file outside the sandbox".into());
+                    }
+                }
+                Err(e) if e.to_string().contains(secret) => {
+                    return Err(format!("a file's content leaked into an error: {e}"));
+                }
+                Err(_) => {}
+            }
+            if out.exists() {
+                return Err(format!("the statement wrote {}", out.display()));
+            }
+            let now = sandbox_state(&rt, &engine);
+            if now != before {
+                return Err("the statement changed a setting or a table".into());
+            }
+            Ok(())
+        },
     );
-    fuzz("sql_sandbox", statements, |sql| {
-        match rt.block_on(engine.sql(sql)) {
-            Ok(result) => {
-                let rows: usize = result.batches.iter().map(|b| b.num_rows()).sum();
-                if rows > limits.max_rows {
-                    return Err(format!("{rows} rows, the limit is {}", limits.max_rows));
-                }
-                if result.to_json().to_string().contains(secret) {
-                    return Err("the statement read a file outside the sandbox".into());
-                }
-            }
-            Err(e) if e.to_string().contains(secret) => {
-                return Err(format!("a file's content leaked into an error: {e}"));
-            }
-            Err(_) => {}
-        }
-        if out.exists() {
-            return Err(format!("the statement wrote {}", out.display()));
-        }
-        let now = sandbox_state(&rt, &engine);
-        if now != before {
-            return Err("the statement changed a setting or a table".into());
-        }
-        Ok(())
-    });
 }

@@ -72,6 +72,6 @@ pub use whatif::{
     ChangeSet, Denial, ObservedConnection, ObservedEndpoint, ObservedPod, ObservedPods, PolicyKey,
     VerdictChange, WhatIf, WhatIfError, judge, what_if,
 };
-pub use yaml::{ClusterObjects, MAX_YAML_BYTES};
 #[cfg(feature = "fs")]
 pub use yaml::load_paths;
+pub use yaml::{ClusterObjects, MAX_YAML_BYTES};

@@ -543,12 +543,9 @@ impl QueryEngine {
         plan: impl Future<Output = Result<DataFrame, QueryError>>,
     ) -> Result<QueryResult, QueryError> {
         let limits = self.limits;
-        let _turn = self
-            .running
-            .try_acquire()
-            .map_err(|_| QueryError::Busy {
-                limit: limits.max_concurrent,
-            })?;
+        let _turn = self.running.try_acquire().map_err(|_| QueryError::Busy {
+            limit: limits.max_concurrent,
+        })?;
         self.run_within(plan).await.map_err(|e| match e {
             QueryError::Memory { detail, .. } => QueryError::Memory {
                 limit: limits.memory_bytes,
