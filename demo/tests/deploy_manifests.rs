@@ -12,7 +12,9 @@
 //! collector's own NetworkPolicy is judged by flowgate's policy engine on a
 //! cluster holding the rendered collector: probes (hostNetwork, node
 //! addresses) reach gRPC, labelled API clients reach HTTP, nobody else
-//! reaches either; and flowgate's lint finds no error in it.
+//! reaches either; and flowgate's lint finds no error in it. Mutual TLS is
+//! on both sides or neither, each probe presents its own node's certificate,
+//! and keys and tokens come from Secrets mounted read-only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -470,8 +472,14 @@ fn check_probe(m: &Manifests) -> Result<()> {
     let [svc] = m.services.as_slice() else {
         bail!("expected exactly one Service")
     };
+    // https exactly when the probe speaks TLS (see `check_tls`).
+    let scheme = if flag(c, "--tls-ca").is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let expected = format!(
-        "http://{}.{}.svc:{DEFAULT_GRPC_PORT}",
+        "{scheme}://{}.{}.svc:{DEFAULT_GRPC_PORT}",
         svc.metadata.name.as_deref().unwrap_or(""),
         svc.metadata.namespace.as_deref().unwrap_or("")
     );
@@ -629,6 +637,75 @@ fn check_all(m: &Manifests, images: &BTreeMap<String, String>) -> Result<()> {
     check_service(m)?;
     check_probe(m)?;
     check_network_policy(m)?;
+    check_tls(m)?;
+    Ok(())
+}
+
+/// `flag`'s file lies in a Secret volume mounted into `c`.
+fn file_from_secret(spec: &PodSpec, c: &Container, flag_name: &str) -> Result<String> {
+    let path = flag(c, flag_name).with_context(|| format!("no {flag_name}"))?;
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| path.starts_with(&format!("{}/", m.mount_path)))
+        .with_context(|| format!("{flag_name} {path} is in no mounted volume"))?;
+    let secret = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.secret.as_ref())
+        .and_then(|s| s.secret_name.clone())
+        .with_context(|| format!("{flag_name} {path}: volume {} is not a Secret", mount.name))?;
+    ensure!(
+        mount.read_only == Some(true),
+        "{flag_name}: mount {} must be read-only",
+        mount.mount_path
+    );
+    Ok(secret)
+}
+
+/// Mutual TLS on both sides or on neither: a collector that asks for client
+/// certificates gets probes that present their own node's, and the other
+/// way round; key material comes from Secrets mounted read-only. An API
+/// token file comes from a Secret too.
+fn check_tls(m: &Manifests) -> Result<()> {
+    let (cspec, collector) = collector(m)?;
+    let [ds] = m.daemon_sets.as_slice() else {
+        bail!("expected exactly one DaemonSet (the probe)")
+    };
+    let pspec = pod_spec_of_ds(ds)?;
+    let probe = pspec.containers.first().context("probe container")?;
+    let server = flag(collector, "--client-ca").is_some();
+    let client = flag(probe, "--tls-ca").is_some();
+    ensure!(
+        server == client,
+        "the collector {} client certificates but the probe {} TLS",
+        if server {
+            "requires"
+        } else {
+            "does not ask for"
+        },
+        if client { "speaks" } else { "does not speak" }
+    );
+    if server {
+        for f in ["--tls-cert", "--tls-key", "--client-ca"] {
+            file_from_secret(cspec, collector, f)?;
+        }
+        for f in ["--tls-ca", "--tls-cert", "--tls-key"] {
+            file_from_secret(pspec, probe, f)?;
+        }
+        for f in ["--tls-cert", "--tls-key"] {
+            ensure!(
+                flag(probe, f).is_some_and(|p| p.contains("$(NODE_NAME)")),
+                "probe {f} must name its node's file ($(NODE_NAME)): the collector takes a batch only from its node's certificate"
+            );
+        }
+    }
+    if flag(collector, "--api-token-file").is_some() {
+        file_from_secret(cspec, collector, "--api-token-file")?;
+    }
     Ok(())
 }
 
@@ -672,8 +749,9 @@ fn check_network_policy(m: &Manifests) -> Result<()> {
         .context("collector namespace")?;
     let collector_labels = d
         .spec
+        .template
+        .metadata
         .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
         .and_then(|m| m.labels.clone())
         .context("collector pod labels")?;
     let (_, container) = collector(m)?;
@@ -681,18 +759,21 @@ fn check_network_policy(m: &Manifests) -> Result<()> {
     let http = u16::try_from(port_named(container, "http").context("http port")?)?;
     let client = BTreeMap::from([("flowgate.io/api-client".to_owned(), "true".to_owned())]);
     let plain = BTreeMap::from([("app".to_owned(), "shop".to_owned())]);
+    let mut collector_pod = pod_yaml(
+        &namespace,
+        "collector",
+        &collector_labels,
+        "10.244.0.10",
+        0,
+        false,
+    );
+    // The policy names its ports: they resolve against these.
+    collector_pod["spec"]["containers"][0]["ports"] = serde_json::to_value(&container.ports)?;
     let mut docs = vec![
         serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
         serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}}),
         serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
-        pod_yaml(
-            &namespace,
-            "collector",
-            &collector_labels,
-            "10.244.0.10",
-            0,
-            false,
-        ),
+        collector_pod,
         pod_yaml(
             &namespace,
             "probe-remote",
@@ -862,6 +943,66 @@ fn every_yaml_file_is_referenced_by_a_kustomization() -> Result<()> {
         orphans.is_empty(),
         "YAML files no kustomization references: {orphans:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn the_tls_checks_catch_a_half_configured_overlay() -> Result<()> {
+    let mtls = render(&deploy_dir().join("overlays/mtls"))?;
+    let images = base_images()?;
+    check_all(&Manifests::parse(mtls.clone())?, &images)?;
+    let probe_args = |o: &mut Value| -> Vec<Value> {
+        o["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    type Mutation = (&'static str, fn(&mut Value, Vec<Value>));
+    let mutations: [Mutation; 3] = [
+        ("one certificate for every node", |o, args| {
+            let args: Vec<Value> = args
+                .into_iter()
+                .map(|a| Value::from(a.as_str().unwrap_or("").replace("$(NODE_NAME)", "node")))
+                .collect();
+            o["spec"]["template"]["spec"]["containers"][0]["args"] = Value::from(args);
+        }),
+        ("a plaintext probe", |o, args| {
+            let cut = args
+                .iter()
+                .position(|a| a == "--tls-ca")
+                .unwrap_or(args.len());
+            let mut args = args[..cut].to_vec();
+            if let Some(url) = args
+                .iter_mut()
+                .find(|a| a.as_str().is_some_and(|s| s.starts_with("https://")))
+            {
+                *url = Value::from(url.as_str().unwrap_or("").replacen("https", "http", 1));
+            }
+            o["spec"]["template"]["spec"]["containers"][0]["args"] = Value::from(args);
+        }),
+        ("keys from a host path", |o, _| {
+            o["spec"]["template"]["spec"]["volumes"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+                .filter(|v| v["name"] == "tls")
+                .for_each(|v| {
+                    *v = serde_json::json!({"name": "tls", "hostPath": {"path": "/etc/flowgate"}})
+                });
+        }),
+    ];
+    for (name, mutate) in mutations {
+        let mut objects = mtls.clone();
+        for o in objects.iter_mut().filter(|o| o["kind"] == "DaemonSet") {
+            let args = probe_args(o);
+            mutate(o, args);
+        }
+        let result = Manifests::parse(objects).and_then(|m| check_all(&m, &images));
+        ensure!(
+            result.is_err(),
+            "the checks accepted the mtls overlay with: {name}"
+        );
+    }
     Ok(())
 }
 
