@@ -29,7 +29,8 @@ cargo test --workspace --locked --no-fail-fast --exclude flowgate-fuzz
 
 step "fuzz the parsers (gRPC frames and batch validation, cluster YAML, replay files, WAL reader, SQL sandbox), ${FLOWGATE_FUZZ_SECONDS:=15} s each"
 export FLOWGATE_FUZZ_SECONDS
-cargo test --locked -p flowgate-fuzz --no-fail-fast -- --test-threads 2
+# --workspace so features unify as in every other build (a `-p` build rebuilds DataFusion).
+cargo test --workspace --locked --no-fail-fast --test targets -- --test-threads 2
 
 step "NetworkPolicy conformance through the CLI (sampled; the in-process test checks every row)"
 if [ -f ../shared/policy-conformance/check.py ]; then

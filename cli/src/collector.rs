@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::builder::TypedValueParser as _;
 use flowgate_collector::{ClusterSource, Config};
 
 #[derive(Debug, clap::Args)]

@@ -73,7 +73,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
          The API wants the token in {token} (the dashboard asks for it once):\n    \
          export FLOWGATE_API_TOKEN_FILE={token}\n  \
          dashboard: http://{http}\n  \
-         SQL:       flowgate query --server http://{http} \"SELECT src_pod, dst_pod, dst_port, verdict, kernel_fate FROM flows LIMIT 20\"\n  \
+         SQL:       flowgate query --collector-http http://{http} \"SELECT src_pod, dst_pod, dst_port, verdict, kernel_fate FROM flows LIMIT 20\"\n  \
          curl:      curl -s -H \"Authorization: Bearer $(cat {token})\" 'http://{http}/api/v1/explain?from=dev/tool&to=prod/backend&port=8080'\n  \
          Ctrl-C stops and cleans up.",
         pods = demo.placed().pods.len(),

@@ -279,14 +279,12 @@ fn run_demo(enforce: &str) -> Result<Vec<Value>> {
                 );
                 // ...and the flows came over mutual TLS: a plaintext
                 // client is refused at the handshake.
-                let plain = flowgate_client::send_batches(
-                    &format!(
-                        "http://{}:{}",
-                        flowgate_demo::topology::UPLINK_HOST_IP,
-                        flowgate_proto::DEFAULT_GRPC_PORT
-                    ),
-                    Vec::new(),
+                let plain_url = format!(
+                    "http://{}:{}",
+                    flowgate_demo::topology::UPLINK_HOST_IP,
+                    flowgate_proto::DEFAULT_GRPC_PORT
                 );
+                let plain = flowgate_client::send_batches(&plain_url, Vec::new());
                 let refused = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?

@@ -94,7 +94,7 @@ fn replay_streams_over_mutual_tls_and_query_reads_with_a_token() -> Result<()> {
     );
 
     let sql = "SELECT count(*) AS n FROM flows";
-    let refused = flowgate(&["query", "--server", &collector.http, sql])?;
+    let refused = flowgate(&["query", "--collector-http", &collector.http, sql])?;
     ensure!(
         !refused.status.success() && text(&refused.stderr).contains("401"),
         "a query without the token: {}{}",
@@ -103,12 +103,24 @@ fn replay_streams_over_mutual_tls_and_query_reads_with_a_token() -> Result<()> {
     );
     let answer = succeed(&[
         "query",
-        "--server",
+        "--collector-http",
         &collector.http,
         "--token-file",
         tokens.to_str().context("path")?,
         sql,
     ])?;
     ensure!(answer.contains("11"), "the stored flows: {answer}");
+    // As the README has it: the token file named in the environment.
+    let by_env = std::process::Command::new(support::FLOWGATE)
+        .args(["query", "--collector-http", &collector.http, sql])
+        .env("FLOWGATE_API_TOKEN_FILE", &tokens)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    ensure!(
+        by_env.status.success() && text(&by_env.stdout).contains("11"),
+        "query with FLOWGATE_API_TOKEN_FILE: {}{}",
+        text(&by_env.stdout),
+        text(&by_env.stderr)
+    );
     Ok(())
 }

@@ -211,6 +211,7 @@ fn main() {
         QueryLimits {
             timeout: Duration::from_secs(120),
             max_rows: 1_000_000,
+            ..QueryLimits::default()
         },
     )
     .unwrap();

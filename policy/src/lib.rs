@@ -74,4 +74,4 @@ pub use whatif::{
 };
 #[cfg(feature = "fs")]
 pub use yaml::load_paths;
-pub use yaml::{ClusterObjects, MAX_YAML_BYTES};
+pub use yaml::{ClusterObjects, MAX_LABELS, MAX_YAML_BYTES};

@@ -16,6 +16,43 @@ use crate::error::ParseError;
 /// file cannot exhaust memory.
 pub const MAX_YAML_BYTES: u64 = 128 << 20;
 
+/// Labels one object may carry. Kubernetes sets no count, only the
+/// object's size (etcd's 1.5 MiB); this is far above any real object and
+/// keeps a hand-written file from making every selector walk a huge map.
+pub const MAX_LABELS: usize = 1024;
+/// Kubernetes' own bounds: a key is an optional DNS prefix (253) and `/`
+/// before a name of at most 63; a value at most 63.
+const MAX_LABEL_KEY_BYTES: usize = 253 + 1 + 63;
+const MAX_LABEL_VALUE_BYTES: usize = 63;
+
+/// Why `metadata.labels` of `value` is out of bounds, if it is.
+fn labels_out_of_bounds(value: &Value) -> Option<String> {
+    let labels = value.get("metadata")?.get("labels")?.as_mapping()?;
+    if labels.len() > MAX_LABELS {
+        return Some(format!(
+            "{} labels, at most {MAX_LABELS} are taken",
+            labels.len()
+        ));
+    }
+    labels.iter().find_map(|(k, v)| {
+        let key = k.as_str().unwrap_or_default();
+        let val = v.as_str().unwrap_or_default();
+        if key.len() > MAX_LABEL_KEY_BYTES {
+            Some(format!(
+                "a label key of {} bytes, at most {MAX_LABEL_KEY_BYTES}",
+                key.len()
+            ))
+        } else if val.len() > MAX_LABEL_VALUE_BYTES {
+            Some(format!(
+                "label {key:?} has a value of {} bytes, at most {MAX_LABEL_VALUE_BYTES}",
+                val.len()
+            ))
+        } else {
+            None
+        }
+    })
+}
+
 /// The objects the engine needs, as the Kubernetes API defines them.
 #[derive(Debug, Default, Clone)]
 pub struct ClusterObjects {
@@ -86,6 +123,9 @@ impl ClusterObjects {
             name: name.clone(),
             message,
         };
+        if let Some(why) = labels_out_of_bounds(&value) {
+            return Err(malformed(why));
+        }
         match kind.as_str() {
             "List"
             | "NamespaceList"
@@ -257,6 +297,36 @@ mod tests {
             err.to_string().contains("big.yaml") && err.to_string().contains("the limit is"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn labels_out_of_bounds_are_refused_naming_the_object() {
+        let pod = |labels: String| {
+            format!(
+                "kind: Pod\napiVersion: v1\nmetadata: {{namespace: a, name: p, labels: {{{labels}}}}}\n"
+            )
+        };
+        let many = (0..=MAX_LABELS)
+            .map(|i| format!("k{i}: v"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let long_value = format!("app: {}", "v".repeat(64));
+        let long_key = format!("{}: v", "k".repeat(318));
+        for (labels, says) in [
+            (many, "1025 labels"),
+            (long_value, "value of 64 bytes"),
+            (long_key, "key of 318 bytes"),
+        ] {
+            let err = ClusterObjects::default()
+                .parse_yaml("p.yaml", &pod(labels))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("Pod `a/p`") && err.contains(says), "{err}");
+        }
+        let mut ok = ClusterObjects::default();
+        ok.parse_yaml("p.yaml", &pod(format!("app: {}", "v".repeat(63))))
+            .unwrap();
+        assert_eq!(ok.pods.len(), 1);
     }
 
     #[test]
