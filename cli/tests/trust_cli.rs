@@ -74,10 +74,22 @@ fn replay_streams_over_mutual_tls_and_query_reads_with_a_token() -> Result<()> {
 
     let out = replay("node-a", true)?;
     ensure!(
-        out.status.success() && text(&out.stdout).contains("11 stored"),
+        out.status.success() && text(&out.stdout).contains("; "),
         "replay over mTLS as node-a: {}{}",
         text(&out.stdout),
         text(&out.stderr)
+    );
+    // "sent N flows in B batches; S stored": every flow of the fixture.
+    let sent = text(&out.stdout);
+    let stored = sent
+        .split("; ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .context("replay's summary")?
+        .to_owned();
+    ensure!(
+        sent.starts_with(&format!("sent {stored} flows")),
+        "not every flow was stored: {sent}"
     );
     let other = replay("node-b", true)?;
     ensure!(
@@ -109,7 +121,7 @@ fn replay_streams_over_mutual_tls_and_query_reads_with_a_token() -> Result<()> {
         tokens.to_str().context("path")?,
         sql,
     ])?;
-    ensure!(answer.contains("11"), "the stored flows: {answer}");
+    ensure!(answer.contains(&stored), "the stored flows: {answer}");
     // As the README has it: the token file named in the environment.
     let by_env = std::process::Command::new(support::FLOWGATE)
         .args(["query", "--collector-http", &collector.http, sql])
@@ -117,7 +129,7 @@ fn replay_streams_over_mutual_tls_and_query_reads_with_a_token() -> Result<()> {
         .env("RUST_LOG", "warn")
         .output()?;
     ensure!(
-        by_env.status.success() && text(&by_env.stdout).contains("11"),
+        by_env.status.success() && text(&by_env.stdout).contains(&stored),
         "query with FLOWGATE_API_TOKEN_FILE: {}{}",
         text(&by_env.stdout),
         text(&by_env.stderr)
