@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
 
 use flowgate_policy::{Cluster, Direction};
 
