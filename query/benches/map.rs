@@ -217,6 +217,7 @@ fn main() {
         QueryLimits {
             timeout: Duration::from_secs(300),
             max_rows: 100_000,
+            ..QueryLimits::default()
         },
     )
     .unwrap();
