@@ -313,8 +313,12 @@ fn no_leftovers() -> Result<()> {
     Ok(())
 }
 
+/// One demo at a time: every demo uses the same network namespace names.
+static ONE_DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn demo_flows_carry_identities_verdicts_drops_and_mismatches() -> Result<()> {
+    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
     if skip_or_fail()? {
         return Ok(());
     }
@@ -462,6 +466,7 @@ fn first_row(http: SocketAddr, token_file: &Path, sql: &str, within: Duration) -
 
 #[test]
 fn a_scenario_change_is_enforced_judged_and_blamed() -> Result<()> {
+    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
     if skip_or_fail()? {
         return Ok(());
     }
