@@ -385,6 +385,16 @@ fn policies_batch(rows: &[PolicyRow]) -> (SchemaRef, RecordBatch) {
     )
 }
 
+/// Filters are evaluated while Parquet is decoded (most selective first),
+/// so the other columns are decoded only for the rows that pass.
+fn session_config() -> SessionConfig {
+    let mut config = SessionConfig::new();
+    let parquet = &mut config.options_mut().execution.parquet;
+    parquet.pushdown_filters = true;
+    parquet.reorder_filters = true;
+    config
+}
+
 impl QueryEngine {
     pub fn new(store: FlowStore, limits: QueryLimits) -> Result<QueryEngine, QueryError> {
         // No disk manager: a sort or join that outgrows the pool fails
@@ -395,14 +405,14 @@ impl QueryEngine {
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
             .build_arc()?;
-        let config = SessionConfig::new().with_information_schema(true);
+        let config = session_config().with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(config, runtime.clone());
         let flows: Arc<dyn TableProvider> = Arc::new(FlowsTable { store });
         ctx.register_table("flows", flows.clone())?;
-        let flows_ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime.clone());
+        let flows_ctx = SessionContext::new_with_config_rt(session_config(), runtime.clone());
         flows_ctx.register_table("flows", flows.clone())?;
         ctx.register_table("connections", Arc::new(ConnectionsTable::new(flows_ctx)?))?;
-        let rules_ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
+        let rules_ctx = SessionContext::new_with_config_rt(session_config(), runtime);
         rules_ctx.register_table("flows", flows)?;
         let rule_hits = Arc::new(RuleHitsTable::new(rules_ctx)?);
         ctx.register_table("rule_hits", rule_hits.clone())?;

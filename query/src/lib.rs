@@ -20,6 +20,7 @@ pub mod filter;
 mod format;
 mod manifest;
 pub mod map;
+mod memory;
 pub mod model;
 pub mod observed;
 mod provider;

@@ -364,13 +364,13 @@ impl Keys {
 }
 
 /// Dictionary-encoded text: each distinct value is stored once per batch.
-/// The last value is remembered because rows of one probe batch repeat the
-/// node and interface.
+/// The last key is remembered because rows of one probe batch repeat the
+/// node and interface; it is compared in place, so a row allocates nothing.
 pub struct DictBuilder {
     keys: Keys,
     values: StringBuilder,
     index: FxHashMap<Box<str>, i32>,
-    last: Option<(Box<str>, i32)>,
+    last: Option<i32>,
 }
 
 impl DictBuilder {
@@ -383,11 +383,18 @@ impl DictBuilder {
         }
     }
 
+    /// The value of `key`, as appended.
+    fn value(&self, key: i32) -> &[u8] {
+        let offsets = self.values.offsets_slice();
+        let k = key as usize;
+        &self.values.values_slice()[offsets[k] as usize..offsets[k + 1] as usize]
+    }
+
     fn key(&mut self, v: &str) -> i32 {
-        if let Some((last, key)) = &self.last
-            && **last == *v
+        if let Some(key) = self.last
+            && self.value(key) == v.as_bytes()
         {
-            return *key;
+            return key;
         }
         let key = match self.index.get(v) {
             Some(k) => *k,
@@ -398,7 +405,7 @@ impl DictBuilder {
                 k
             }
         };
-        self.last = Some((v.into(), key));
+        self.last = Some(key);
         key
     }
 

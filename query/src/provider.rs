@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
@@ -20,6 +22,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 
+use crate::memory::decode;
 use crate::model::flows_schema;
 use crate::store::FlowStore;
 
@@ -77,6 +80,30 @@ fn narrow(e: &Expr, b: &mut (i64, i64)) {
     }
 }
 
+/// The rows in memory with only the projected columns: the Arrow batches
+/// projected, the Parquet chunks decoded.
+fn memory_batches(
+    batches: Vec<RecordBatch>,
+    chunks: &[Bytes],
+    projection: Option<&Vec<usize>>,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let schema = match projection {
+        Some(p) => Arc::new(flows_schema().project(p)?),
+        None => flows_schema(),
+    };
+    let mut out = Vec::with_capacity(batches.len() + chunks.len());
+    for b in batches {
+        out.push(match projection {
+            Some(p) => b.project(p)?,
+            None => b,
+        });
+    }
+    for c in chunks {
+        out.extend(decode(c, projection.map(Vec::as_slice))?);
+    }
+    Ok((schema, out))
+}
+
 #[async_trait]
 impl TableProvider for FlowsTable {
     fn schema(&self) -> SchemaRef {
@@ -103,7 +130,9 @@ impl TableProvider for FlowsTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let (lo, hi) = time_bounds(filters);
-        let (memory, files) = self.store.snapshot(lo, hi);
+        let snapshot = self.store.snapshot(lo, hi);
+        let files = snapshot.files;
+        let (schema, memory) = memory_batches(snapshot.batches, &snapshot.chunks, projection)?;
         // Spread memory batches over the session's partitions for parallelism.
         let n = state.config().target_partitions().max(1);
         let mut parts = vec![Vec::new(); n];
@@ -111,8 +140,8 @@ impl TableProvider for FlowsTable {
             parts[i % n].push(b);
         }
         let mut plans = vec![
-            MemTable::try_new(flows_schema(), parts)?
-                .scan(state, projection, filters, limit)
+            MemTable::try_new(schema, parts)?
+                .scan(state, None, filters, limit)
                 .await?,
         ];
         if !files.is_empty() {

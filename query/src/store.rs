@@ -1,19 +1,20 @@
 //! The flow store: every append is written ahead (and synced) before it is
-//! visible; recent rows live as Arrow record batches in memory; a flush
-//! writes them as Parquet files partitioned by time.
+//! visible; recent rows live in memory (the newest as Arrow batches, the
+//! rest as sorted, compressed Parquet images: [`crate::memory`]); a flush
+//! writes those images as the Parquet files of their time partitions.
 //!
 //! Layout under `dir`: `log/<first seq>.wal` (log segments, see
-//! [`crate::wal`]), `flows/<partition start ns>/<last seq>.parquet`, and
+//! [`crate::wal`]), `flows/<partition start ns>/<last seq>-<n>.parquet`, and
 //! `manifest` (see [`crate::manifest`]), which alone says which files make
 //! up the store and up to which log sequence they hold the rows.
 //!
 //! A flush, exact through a crash at any point:
-//! 1. under the lock, the memory batches are frozen (still queried) and
-//!    the log rotates to a new segment, so ingest goes on at once;
-//! 2. without the lock, the frozen rows are written as Parquet files (one
-//!    per time partition), then a new manifest names them and the last
-//!    log sequence they hold, in one atomic rename;
-//! 3. under the lock, the files replace the frozen batches; then the old
+//! 1. under the lock, the rows in memory are encoded and frozen (still
+//!    queried) and the log rotates to a new segment, so ingest goes on;
+//! 2. without the lock, the frozen images are written as Parquet files,
+//!    then a new manifest names them and the last log sequence they hold,
+//!    in one atomic rename;
+//! 3. under the lock, the files replace the frozen images; then the old
 //!    log segments are deleted.
 //!
 //! On open, files the manifest does not name are removed (a flush that
@@ -27,14 +28,12 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use datafusion::arrow::compute::concat_batches;
+use bytes::Bytes;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::properties::WriterProperties;
 
 use crate::delivered::Delivered;
 use crate::manifest::{FileEntry, Manifest, ManifestError};
+use crate::memory::{Chunk, Memory, chunk_bytes};
 use crate::model::{FlowRow, flows_schema, to_batch};
 use crate::wal::{Wal, WalError};
 
@@ -148,24 +147,6 @@ pub(crate) struct PartFile {
     pub rows: u64,
 }
 
-/// A batch in memory with its time range, for pruning.
-#[derive(Clone, Debug)]
-pub(crate) struct MemBatch {
-    pub batch: RecordBatch,
-    pub min_ns: i64,
-    pub max_ns: i64,
-}
-
-/// Rows appended since the last flush began.
-#[derive(Default)]
-struct Memory {
-    batches: Vec<MemBatch>,
-    /// Rows of small appends not yet merged into one batch.
-    small: Vec<RecordBatch>,
-    /// Rows in `batches` and `small`.
-    rows: usize,
-}
-
 /// A log segment that no longer takes appends.
 #[derive(Debug)]
 struct Sealed {
@@ -179,8 +160,8 @@ struct State {
     sealed: Vec<Sealed>,
     next_seq: u64,
     mem: Memory,
-    /// Batches a flush is writing; queried until its files replace them.
-    frozen: Vec<MemBatch>,
+    /// Chunks a flush is writing; queried until its files replace them.
+    frozen: Vec<Chunk>,
     frozen_rows: usize,
     files: Vec<PartFile>,
     /// Every batch the store holds (log and Parquet), by probe.
@@ -242,7 +223,6 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
-const MERGE_ROWS: usize = 65_536;
 /// Appends wait for a flush once memory holds this many times `flush_rows`
 /// (ingest faster than Parquet writing must not exhaust memory).
 const MEMORY_LIMIT_FLUSHES: usize = 3;
@@ -251,7 +231,7 @@ const FLUSH_RETRY: Duration = Duration::from_secs(1);
 
 /// What a flush writes, taken under the lock.
 struct FlushJob {
-    batches: Vec<RecordBatch>,
+    chunks: Vec<Chunk>,
     through: u64,
     files: Vec<PartFile>,
     delivered: Delivered,
@@ -277,8 +257,14 @@ impl FlowStore {
         remove_unlisted(&dir.join("flows"), &files)?;
         let mut delivered = manifest.delivered;
         let mut mem = Memory::default();
-        let (sealed, next_seq) =
-            replay_log(&dir, manifest.flushed_through, &mut delivered, &mut mem)?;
+        let width = partition_ns(&config);
+        let (sealed, next_seq) = replay_log(
+            &dir,
+            manifest.flushed_through,
+            &mut delivered,
+            &mut mem,
+            width,
+        )?;
         let (wal, _, _) = Wal::open(&segment_path(&dir, next_seq))?;
         sync_dir(&dir.join("log"))?;
         let state = State {
@@ -372,8 +358,11 @@ impl FlowStore {
         if let Some((probe, sequence)) = origin {
             s.delivered.insert(probe, sequence);
         }
-        if batch.num_rows() > 0 {
-            s.mem.push(batch);
+        if batch.num_rows() > 0
+            && let Err(e) = s.mem.push(batch, partition_ns(&self.inner.config))
+        {
+            // The rows are logged and stay in memory as they are.
+            tracing::error!(error = %e, "cannot encode rows in memory as Parquet");
         }
         if s.mem.rows >= self.inner.config.flush_rows {
             self.request_flush(&mut s);
@@ -510,8 +499,12 @@ impl FlowStore {
         let mut s = self.lock();
         s.check_alive()?;
         s.flush_requested = false;
-        s.mem.merge_small();
-        if s.mem.batches.is_empty() && s.frozen.is_empty() {
+        let width = partition_ns(&self.inner.config);
+        s.mem.encode_small(width).map_err(|e| StoreError::Parquet {
+            path: self.inner.config.dir.clone(),
+            message: e.to_string(),
+        })?;
+        if s.mem.chunks.is_empty() && s.frozen.is_empty() {
             return Ok(None);
         }
         let through = s.next_seq - 1;
@@ -529,11 +522,11 @@ impl FlowStore {
             });
         }
         let mem = std::mem::take(&mut s.mem);
-        s.frozen.extend(mem.batches);
+        s.frozen.extend(mem.chunks);
         s.frozen_rows += mem.rows;
         s.flushing = true;
         Ok(Some(FlushJob {
-            batches: s.frozen.iter().map(|m| m.batch.clone()).collect(),
+            chunks: s.frozen.clone(),
             through,
             files: s.files.clone(),
             delivered: s.delivered.clone(),
@@ -542,29 +535,29 @@ impl FlowStore {
         }))
     }
 
-    /// The Parquet files, then the manifest naming them. No lock held.
+    /// The Parquet files (the chunks' bytes as they are), then the
+    /// manifest naming them. No lock held.
     fn write_flush(&self, job: &FlushJob) -> Result<Vec<PartFile>, StoreError> {
         let dir = &self.inner.config.dir;
-        let all =
-            concat_batches(&flows_schema(), &job.batches).map_err(|e| StoreError::Parquet {
-                path: dir.clone(),
-                message: e.to_string(),
-            })?;
-        let width = self.inner.config.partition.as_nanos().max(1) as i64;
         let mut written = Vec::new();
-        for (i, (start, part)) in split_partitions(&all, width)?.into_iter().enumerate() {
+        let mut dirs = std::collections::BTreeSet::new();
+        for (i, chunk) in job.chunks.iter().enumerate() {
             self.failpoint(FlushPoint::BeforeFile(i))?;
-            let part_dir = dir.join("flows").join(start.to_string());
+            let part_dir = dir.join("flows").join(chunk.partition_start_ns.to_string());
             std::fs::create_dir_all(&part_dir).map_err(io_err("creating", &part_dir))?;
-            let path = part_dir.join(format!("{:020}.parquet", job.through));
-            let bytes = write_parquet(&path, &part)?;
+            let path = part_dir.join(format!("{:020}-{i:05}.parquet", job.through));
+            write_file(&path, &chunk.parquet)?;
             written.push(PartFile {
                 path,
-                partition_start_ns: start,
-                bytes,
-                rows: part.num_rows() as u64,
+                partition_start_ns: chunk.partition_start_ns,
+                bytes: chunk.parquet.len() as u64,
+                rows: chunk.rows as u64,
             });
+            dirs.insert(part_dir);
             self.failpoint(FlushPoint::AfterFile(i))?;
+        }
+        for d in &dirs {
+            sync_dir(d)?;
         }
         self.failpoint(FlushPoint::BeforeManifest)?;
         let files: Vec<PartFile> = job.files.iter().chain(&written).cloned().collect();
@@ -659,17 +652,9 @@ impl FlowStore {
         let mut parts: Vec<i64> = s.files.iter().map(|f| f.partition_start_ns).collect();
         parts.sort();
         parts.dedup();
-        let batch_bytes = |b: &RecordBatch| b.get_array_memory_size() as u64;
         StoreStats {
             memory_rows: (s.mem.rows + s.frozen_rows) as u64,
-            memory_bytes: s
-                .mem
-                .batches
-                .iter()
-                .chain(&s.frozen)
-                .map(|m| batch_bytes(&m.batch))
-                .sum::<u64>()
-                + s.mem.small.iter().map(batch_bytes).sum::<u64>(),
+            memory_bytes: s.mem.bytes() + chunk_bytes(&s.frozen),
             disk_rows: s.files.iter().map(|f| f.rows).sum(),
             disk_bytes: s.files.iter().map(|f| f.bytes).sum(),
             partitions: parts.len() as u64,
@@ -682,19 +667,18 @@ impl FlowStore {
         self.inner.config.partition.as_nanos() as i64
     }
 
-    /// What a query reads: memory batches and Parquet files overlapping
-    /// `[lo, hi]` (inclusive, ns).
-    pub(crate) fn snapshot(&self, lo: i64, hi: i64) -> (Vec<RecordBatch>, Vec<PathBuf>) {
-        let mut s = self.lock();
-        s.mem.merge_small();
+    /// What a query reads: the rows in memory and the Parquet files
+    /// overlapping `[lo, hi]` (inclusive, ns).
+    pub(crate) fn snapshot(&self, lo: i64, hi: i64) -> Snapshot {
+        let s = self.lock();
         let width = self.partition_width_ns();
-        let mem = s
+        let chunks = s
             .mem
-            .batches
+            .chunks
             .iter()
             .chain(&s.frozen)
-            .filter(|m| m.max_ns >= lo && m.min_ns <= hi)
-            .map(|m| m.batch.clone())
+            .filter(|c| c.max_ns >= lo && c.min_ns <= hi)
+            .map(|c| c.parquet.clone())
             .collect();
         let files = s
             .files
@@ -702,8 +686,25 @@ impl FlowStore {
             .filter(|f| f.partition_start_ns + width > lo && f.partition_start_ns <= hi)
             .map(|f| f.path.clone())
             .collect();
-        (mem, files)
+        Snapshot {
+            batches: s.mem.small.clone(),
+            chunks,
+            files,
+        }
     }
+}
+
+/// What one query reads, taken at once.
+pub(crate) struct Snapshot {
+    /// The newest rows, as Arrow.
+    pub batches: Vec<RecordBatch>,
+    /// Parquet images in memory.
+    pub chunks: Vec<Bytes>,
+    pub files: Vec<PathBuf>,
+}
+
+fn partition_ns(config: &StoreConfig) -> i64 {
+    config.partition.as_nanos().clamp(1, i64::MAX as u128) as i64
 }
 
 fn cfg_lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
@@ -785,6 +786,7 @@ fn replay_log(
     flushed_through: u64,
     delivered: &mut Delivered,
     mem: &mut Memory,
+    partition_ns: i64,
 ) -> Result<(Vec<Sealed>, u64), StoreError> {
     let log = dir.join("log");
     let mut segments: Vec<PathBuf> = Vec::new();
@@ -813,8 +815,10 @@ fn replay_log(
                 continue; // already in Parquet
             }
             live = true;
-            if r.batch.num_rows() > 0 {
-                mem.push(r.batch);
+            if r.batch.num_rows() > 0
+                && let Err(e) = mem.push(r.batch, partition_ns)
+            {
+                tracing::error!(error = %e, "cannot encode replayed rows as Parquet");
             }
         }
         if live {
@@ -909,92 +913,13 @@ fn remove_unlisted(flows: &Path, files: &[PartFile]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The rows of `all` by time partition (start ns), in time order.
-fn split_partitions(all: &RecordBatch, width: i64) -> Result<Vec<(i64, RecordBatch)>, StoreError> {
-    let times = all
-        .column(0)
-        .as_any()
-        .downcast_ref::<datafusion::arrow::array::TimestampNanosecondArray>()
-        .expect("time column");
-    let mut partitions: std::collections::BTreeMap<i64, Vec<u32>> = Default::default();
-    for (i, t) in times.values().iter().enumerate() {
-        partitions
-            .entry(t.div_euclid(width) * width)
-            .or_default()
-            .push(i as u32);
-    }
-    if partitions.len() == 1 {
-        // Usually every row is in one partition: no copy needed.
-        let start = *partitions.keys().next().expect("one partition");
-        return Ok(vec![(start, all.clone())]);
-    }
-    partitions
-        .into_iter()
-        .map(|(start, idx)| {
-            let take = datafusion::arrow::array::UInt32Array::from(idx);
-            datafusion::arrow::compute::take_record_batch(all, &take)
-                .map(|b| (start, b))
-                .map_err(|e| StoreError::Parquet {
-                    path: PathBuf::from("flows"),
-                    message: e.to_string(),
-                })
-        })
-        .collect()
-}
-
-impl Memory {
-    fn push(&mut self, batch: RecordBatch) {
-        self.rows += batch.num_rows();
-        self.small.push(batch);
-        if self.small.iter().map(|b| b.num_rows()).sum::<usize>() >= MERGE_ROWS {
-            self.merge_small();
-        }
-    }
-
-    /// Many small appends become one batch: fewer, larger batches scan faster.
-    fn merge_small(&mut self) {
-        if self.small.is_empty() {
-            return;
-        }
-        let small = std::mem::take(&mut self.small);
-        let batch = concat_batches(&flows_schema(), &small).expect("same schema");
-        let times = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::TimestampNanosecondArray>()
-            .expect("time column");
-        let min_ns = times.values().iter().copied().min().unwrap_or(0);
-        let max_ns = times.values().iter().copied().max().unwrap_or(0);
-        self.batches.push(MemBatch {
-            batch,
-            min_ns,
-            max_ns,
-        });
-    }
-}
-
-fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<u64, StoreError> {
+/// Writes `bytes` as `path`, synced; the directory is synced by the caller.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = path.with_extension("parquet.tmp");
-    let err = |message: String| StoreError::Parquet {
-        path: path.to_path_buf(),
-        message,
-    };
-    let file = std::fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("level")))
-        .build();
-    let mut w =
-        ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| err(e.to_string()))?;
-    w.write(batch).map_err(|e| err(e.to_string()))?;
-    let file = w.into_inner().map_err(|e| err(e.to_string()))?;
+    let mut file = std::fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
+    std::io::Write::write_all(&mut file, bytes).map_err(io_err("writing", &tmp))?;
     file.sync_all().map_err(io_err("syncing", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err("renaming", &tmp))?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(std::fs::metadata(path)
-        .map_err(io_err("reading", path))?
-        .len())
+    std::fs::rename(&tmp, path).map_err(io_err("renaming", &tmp))
 }
 
 /// Files of a store from before manifests, named by the last log
@@ -1016,6 +941,7 @@ fn scan_files(flows: &Path) -> Result<Vec<(PartFile, u64)>, StoreError> {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_suffix(".parquet"))
+                .and_then(|n| n.split('-').next())
                 .and_then(|n| n.parse::<u64>().ok())
             else {
                 continue; // a .tmp of a crashed flush: removed as unlisted

@@ -1,0 +1,216 @@
+//! The rows in memory: the newest appends as Arrow batches, and every
+//! [`CHUNK_ROWS`] rows of them encoded once as a Parquet file image (a
+//! [`Chunk`]), sorted and compressed as it will lie on disk. A chunk costs
+//! about a tenth of its Arrow form, a query decodes only the columns it
+//! reads, and a flush writes the chunks' bytes as they are.
+
+use bytes::Bytes;
+use datafusion::arrow::array::TimestampNanosecondArray;
+use datafusion::arrow::compute::{
+    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
+};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::schema::types::ColumnPath;
+
+use crate::model::flows_schema;
+
+/// Rows gathered in Arrow form before they are encoded as one chunk.
+pub(crate) const CHUNK_ROWS: usize = 65_536;
+
+/// Rows are encoded in this order: one source pod's rows sit together, so
+/// row-group and page statistics of the pod columns let a query naming a
+/// pod skip the rest, and runs of equal source columns compress to almost
+/// nothing; within a pod, by time.
+const SORT_COLUMNS: [&str; 3] = ["src_namespace", "src_pod", "time"];
+/// Rows per Parquet page: small enough for the page index to prune by.
+const PAGE_ROWS: usize = 8_192;
+/// Columns with a bloom filter (a pod looked up by name skips the files
+/// that do not hold it), and the distinct values a file is expected to
+/// hold (it sizes the filter).
+const BLOOM_COLUMNS: [&str; 2] = ["src_pod", "dst_pod"];
+const BLOOM_NDV: u64 = 8_192;
+/// Timestamps grow within a pod's run: delta-encoded, not dictionary-encoded.
+const DELTA_COLUMNS: [&str; 2] = ["time", "last_seen"];
+
+/// A Parquet file image of rows of one time partition.
+#[derive(Clone, Debug)]
+pub(crate) struct Chunk {
+    pub parquet: Bytes,
+    pub rows: usize,
+    pub partition_start_ns: i64,
+    pub min_ns: i64,
+    pub max_ns: i64,
+}
+
+/// Rows appended since the last flush began.
+#[derive(Default)]
+pub(crate) struct Memory {
+    pub chunks: Vec<Chunk>,
+    /// The newest rows, not yet encoded.
+    pub small: Vec<RecordBatch>,
+    small_rows: usize,
+    /// Rows in `chunks` and `small`.
+    pub rows: usize,
+}
+
+impl Memory {
+    /// Adds a batch; every [`CHUNK_ROWS`] rows are encoded as chunks.
+    pub fn push(&mut self, batch: RecordBatch, partition_ns: i64) -> Result<(), ArrowError> {
+        self.rows += batch.num_rows();
+        self.small_rows += batch.num_rows();
+        self.small.push(batch);
+        if self.small_rows >= CHUNK_ROWS {
+            self.encode_small(partition_ns)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes the Arrow rows as chunks, one per time partition. On an
+    /// error they stay as they are (still stored and queried).
+    pub fn encode_small(&mut self, partition_ns: i64) -> Result<(), ArrowError> {
+        if self.small.is_empty() {
+            return Ok(());
+        }
+        let all = concat_batches(&flows_schema(), &self.small)?;
+        let mut chunks = Vec::new();
+        for (start, part) in split_partitions(&all, partition_ns)? {
+            chunks.push(encode(start, &part)?);
+        }
+        self.chunks.extend(chunks);
+        self.small.clear();
+        self.small_rows = 0;
+        Ok(())
+    }
+
+    /// Bytes held: the chunks' images and the Arrow rows' buffers.
+    pub fn bytes(&self) -> u64 {
+        chunk_bytes(&self.chunks)
+            + self
+                .small
+                .iter()
+                .map(|b| b.get_array_memory_size() as u64)
+                .sum::<u64>()
+    }
+}
+
+pub(crate) fn chunk_bytes(chunks: &[Chunk]) -> u64 {
+    chunks.iter().map(|c| c.parquet.len() as u64).sum()
+}
+
+fn times(batch: &RecordBatch) -> &TimestampNanosecondArray {
+    batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<TimestampNanosecondArray>()
+        .expect("time is the first column of the flows schema")
+}
+
+/// The rows of `all` by time partition (start ns), in time order.
+pub(crate) fn split_partitions(
+    all: &RecordBatch,
+    width: i64,
+) -> Result<Vec<(i64, RecordBatch)>, ArrowError> {
+    let mut partitions: std::collections::BTreeMap<i64, Vec<u32>> = Default::default();
+    for (i, t) in times(all).values().iter().enumerate() {
+        partitions
+            .entry(t.div_euclid(width) * width)
+            .or_default()
+            .push(i as u32);
+    }
+    if partitions.len() == 1 {
+        // Usually every row is in one partition: no copy needed.
+        let start = *partitions.keys().next().expect("one partition");
+        return Ok(vec![(start, all.clone())]);
+    }
+    partitions
+        .into_iter()
+        .map(|(start, idx)| {
+            let take = datafusion::arrow::array::UInt32Array::from(idx);
+            take_record_batch(all, &take).map(|b| (start, b))
+        })
+        .collect()
+}
+
+fn writer_properties() -> WriterProperties {
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("level")))
+        .set_data_page_row_count_limit(PAGE_ROWS);
+    for col in BLOOM_COLUMNS {
+        props = props
+            .set_column_bloom_filter_enabled(ColumnPath::from(col), true)
+            .set_column_bloom_filter_ndv(ColumnPath::from(col), BLOOM_NDV);
+    }
+    for col in DELTA_COLUMNS {
+        props = props
+            .set_column_dictionary_enabled(ColumnPath::from(col), false)
+            .set_column_encoding(ColumnPath::from(col), Encoding::DELTA_BINARY_PACKED);
+    }
+    props.build()
+}
+
+fn parquet_error(e: ParquetError) -> ArrowError {
+    ArrowError::ExternalError(Box::new(e))
+}
+
+/// Rows of one partition as a sorted, compressed Parquet file image.
+fn encode(partition_start_ns: i64, batch: &RecordBatch) -> Result<Chunk, ArrowError> {
+    let columns: Vec<SortColumn> = SORT_COLUMNS
+        .iter()
+        .map(|name| {
+            Ok(SortColumn {
+                values: batch.column(flows_schema().index_of(name)?).clone(),
+                options: None,
+            })
+        })
+        .collect::<Result<_, ArrowError>>()?;
+    let sorted = take_record_batch(batch, &lexsort_to_indices(&columns, None)?)?;
+    let mut out = Vec::with_capacity(sorted.num_rows() * 24);
+    let mut w = ArrowWriter::try_new(&mut out, flows_schema(), Some(writer_properties()))
+        .map_err(parquet_error)?;
+    w.write(&sorted).map_err(parquet_error)?;
+    w.close().map_err(parquet_error)?;
+    let t = times(batch).values();
+    Ok(Chunk {
+        parquet: Bytes::from(out),
+        rows: batch.num_rows(),
+        partition_start_ns,
+        min_ns: t.iter().copied().min().unwrap_or(0),
+        max_ns: t.iter().copied().max().unwrap_or(0),
+    })
+}
+
+/// The columns `projection` names (all without one), in its order.
+pub(crate) fn decode(
+    chunk: &Bytes,
+    projection: Option<&[usize]>,
+) -> Result<Vec<RecordBatch>, ParquetError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(chunk.clone())?;
+    let Some(projection) = projection else {
+        return builder.build()?.map(|b| b.map_err(Into::into)).collect();
+    };
+    // The reader yields columns in file order: reorder them after.
+    let mut wanted: Vec<usize> = projection.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let order: Vec<usize> = projection
+        .iter()
+        .map(|c| {
+            wanted
+                .binary_search(c)
+                .expect("wanted holds every projected column")
+        })
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), wanted.iter().copied());
+    builder
+        .with_projection(mask)
+        .build()?
+        .map(|b| Ok(b?.project(&order)?))
+        .collect()
+}
