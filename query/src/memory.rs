@@ -145,7 +145,7 @@ fn writer_properties() -> WriterProperties {
     for col in BLOOM_COLUMNS {
         props = props
             .set_column_bloom_filter_enabled(ColumnPath::from(col), true)
-            .set_column_bloom_filter_ndv(ColumnPath::from(col), BLOOM_NDV);
+            .set_column_bloom_filter_max_ndv(ColumnPath::from(col), BLOOM_NDV);
     }
     for col in DELTA_COLUMNS {
         props = props
