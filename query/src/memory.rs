@@ -1,6 +1,7 @@
 //! The rows in memory: the newest appends as Arrow batches, and every
 //! [`CHUNK_ROWS`] rows of them encoded once as a Parquet file image (a
-//! [`Chunk`]), sorted and compressed as it will lie on disk. A chunk costs
+//! [`Chunk`]), sorted and compressed as it will lie on disk. Encoding runs
+//! without the store's lock: the rows stay queried as Arrow meanwhile. A chunk costs
 //! about a tenth of its Arrow form, a query decodes only the columns it
 //! reads, and a flush writes the chunks' bytes as they are.
 
@@ -49,58 +50,147 @@ pub(crate) struct Chunk {
     pub max_ns: i64,
 }
 
+/// What a flush takes from memory: chunks already encoded, and Arrow rows
+/// it encodes itself (off the store's lock).
+#[derive(Clone, Debug)]
+pub(crate) enum Frozen {
+    Chunk(Chunk),
+    Rows(RecordBatch),
+}
+
+impl Frozen {
+    fn bytes(&self) -> u64 {
+        match self {
+            Frozen::Chunk(c) => c.parquet.len() as u64,
+            Frozen::Rows(b) => b.get_array_memory_size() as u64,
+        }
+    }
+}
+
+/// Arrow rows taken out to be encoded without the store's lock; they stay
+/// queried as Arrow until [`Memory::finish`] swaps the chunks in.
+pub(crate) struct ToEncode {
+    id: u64,
+    pub batches: Vec<RecordBatch>,
+}
+
 /// Rows appended since the last flush began.
 #[derive(Default)]
 pub(crate) struct Memory {
     pub chunks: Vec<Chunk>,
     /// The newest rows, not yet encoded.
-    pub small: Vec<RecordBatch>,
+    small: Vec<RecordBatch>,
     small_rows: usize,
-    /// Rows in `chunks` and `small`.
+    /// Rows being encoded off the lock, by [`ToEncode`] id.
+    encoding: Vec<(u64, Vec<RecordBatch>)>,
+    /// Rows whose encoding failed: kept as Arrow, a flush encodes them again.
+    unencoded: Vec<RecordBatch>,
+    /// Ids stay unique across [`Memory::freeze`], so an encoding that ends
+    /// after a flush took its rows is recognised and dropped.
+    next_id: u64,
+    /// Rows in memory, in any form.
     pub rows: usize,
 }
 
 impl Memory {
-    /// Adds a batch; every [`CHUNK_ROWS`] rows are encoded as chunks.
-    pub fn push(&mut self, batch: RecordBatch, partition_ns: i64) -> Result<(), ArrowError> {
+    /// Adds a batch; once [`CHUNK_ROWS`] Arrow rows are gathered they are
+    /// returned, for the caller to encode without holding the store's lock.
+    pub fn push(&mut self, batch: RecordBatch) -> Option<ToEncode> {
         self.rows += batch.num_rows();
         self.small_rows += batch.num_rows();
         self.small.push(batch);
-        if self.small_rows >= CHUNK_ROWS {
-            self.encode_small(partition_ns)?;
+        if self.small_rows < CHUNK_ROWS {
+            return None;
         }
-        Ok(())
+        let batches = std::mem::take(&mut self.small);
+        self.small_rows = 0;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.encoding.push((id, batches.clone()));
+        Some(ToEncode { id, batches })
     }
 
-    /// Encodes the Arrow rows as chunks, one per time partition. On an
-    /// error they stay as they are (still stored and queried).
-    pub fn encode_small(&mut self, partition_ns: i64) -> Result<(), ArrowError> {
-        if self.small.is_empty() {
+    /// Swaps in the chunks an encoding made. Rows a flush took meanwhile
+    /// are the flush's: the chunks are dropped. On an error the rows stay
+    /// as Arrow (still queried, and encoded again by the next flush).
+    pub fn finish(
+        &mut self,
+        job: ToEncode,
+        encoded: Result<Vec<Chunk>, ArrowError>,
+    ) -> Result<(), ArrowError> {
+        let Some(i) = self.encoding.iter().position(|(e, _)| *e == job.id) else {
             return Ok(());
+        };
+        let (_, batches) = self.encoding.swap_remove(i);
+        match encoded {
+            Ok(chunks) => {
+                self.chunks.extend(chunks);
+                Ok(())
+            }
+            Err(e) => {
+                self.unencoded.extend(batches);
+                Err(e)
+            }
         }
-        let all = concat_batches(&flows_schema(), &self.small)?;
-        let mut chunks = Vec::new();
-        for (start, part) in split_partitions(&all, partition_ns)? {
-            chunks.push(encode(start, &part)?);
+    }
+
+    /// Adds a batch and encodes at once, where no lock is shared (replay).
+    pub fn push_encoded(&mut self, batch: RecordBatch, partition_ns: i64) -> Result<(), ArrowError> {
+        match self.push(batch) {
+            Some(job) => {
+                let encoded = encode_rows(&job.batches, partition_ns);
+                self.finish(job, encoded)
+            }
+            None => Ok(()),
         }
-        self.chunks.extend(chunks);
+    }
+
+    /// The Arrow rows in memory, in every state.
+    pub fn arrow(&self) -> impl Iterator<Item = &RecordBatch> {
+        self.small
+            .iter()
+            .chain(self.encoding.iter().flat_map(|(_, b)| b))
+            .chain(&self.unencoded)
+    }
+
+    /// Takes every row for a flush: `(what to write, rows)`.
+    pub fn freeze(&mut self) -> (Vec<Frozen>, usize) {
+        let mut out: Vec<Frozen> = std::mem::take(&mut self.chunks)
+            .into_iter()
+            .map(Frozen::Chunk)
+            .collect();
+        out.extend(self.arrow().cloned().map(Frozen::Rows));
         self.small.clear();
         self.small_rows = 0;
-        Ok(())
+        self.encoding.clear();
+        self.unencoded.clear();
+        (out, std::mem::take(&mut self.rows))
     }
 
     /// Bytes held: the chunks' images and the Arrow rows' buffers.
     pub fn bytes(&self) -> u64 {
         chunk_bytes(&self.chunks)
             + self
-                .small
-                .iter()
+                .arrow()
                 .map(|b| b.get_array_memory_size() as u64)
                 .sum::<u64>()
     }
 }
 
-pub(crate) fn chunk_bytes(chunks: &[Chunk]) -> u64 {
+pub(crate) fn frozen_bytes(frozen: &[Frozen]) -> u64 {
+    frozen.iter().map(Frozen::bytes).sum()
+}
+
+/// Arrow rows as chunks, one per time partition.
+pub(crate) fn encode_rows(batches: &[RecordBatch], partition_ns: i64) -> Result<Vec<Chunk>, ArrowError> {
+    let all = concat_batches(&flows_schema(), batches)?;
+    split_partitions(&all, partition_ns)?
+        .into_iter()
+        .map(|(start, part)| encode(start, &part))
+        .collect()
+}
+
+fn chunk_bytes(chunks: &[Chunk]) -> u64 {
     chunks.iter().map(|c| c.parquet.len() as u64).sum()
 }
 

@@ -9,9 +9,10 @@
 //! up the store and up to which log sequence they hold the rows.
 //!
 //! A flush, exact through a crash at any point:
-//! 1. under the lock, the rows in memory are encoded and frozen (still
-//!    queried) and the log rotates to a new segment, so ingest goes on;
-//! 2. without the lock, the frozen images are written as Parquet files,
+//! 1. under the lock, the rows in memory are frozen (still queried) and
+//!    the log rotates to a new segment, so ingest goes on;
+//! 2. without the lock, the frozen rows not yet encoded are encoded, and
+//!    every image is written as a Parquet file,
 //!    then a new manifest names them and the last log sequence they hold,
 //!    in one atomic rename;
 //! 3. under the lock, the files replace the frozen images; then the old
@@ -33,7 +34,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::delivered::Delivered;
 use crate::manifest::{FileEntry, Manifest, ManifestError};
-use crate::memory::{Chunk, Memory, chunk_bytes};
+use crate::memory::{Chunk, Frozen, Memory, encode_rows, frozen_bytes};
 use crate::model::{FlowRow, flows_schema, to_batch};
 use crate::wal::{Wal, WalError};
 
@@ -160,8 +161,8 @@ struct State {
     sealed: Vec<Sealed>,
     next_seq: u64,
     mem: Memory,
-    /// Chunks a flush is writing; queried until its files replace them.
-    frozen: Vec<Chunk>,
+    /// Rows a flush is writing; queried until its files replace them.
+    frozen: Vec<Frozen>,
     frozen_rows: usize,
     files: Vec<PartFile>,
     /// Every batch the store holds (log and Parquet), by probe.
@@ -178,6 +179,8 @@ struct State {
     pause: Option<FlushPoint>,
     /// A flush is waiting at `pause`.
     paused: bool,
+    /// Flushes fail to encode rows (tests).
+    fail_encoding: bool,
 }
 
 impl State {
@@ -231,7 +234,7 @@ const FLUSH_RETRY: Duration = Duration::from_secs(1);
 
 /// What a flush writes, taken under the lock.
 struct FlushJob {
-    chunks: Vec<Chunk>,
+    frozen: Vec<Frozen>,
     through: u64,
     files: Vec<PartFile>,
     delivered: Delivered,
@@ -285,6 +288,7 @@ impl FlowStore {
             crashed: None,
             pause: None,
             paused: false,
+            fail_encoding: false,
         };
         let (wake, wakes) = std::sync::mpsc::sync_channel(1);
         let inner = Arc::new(Inner {
@@ -358,14 +362,22 @@ impl FlowStore {
         if let Some((probe, sequence)) = origin {
             s.delivered.insert(probe, sequence);
         }
-        if batch.num_rows() > 0
-            && let Err(e) = s.mem.push(batch, partition_ns(&self.inner.config))
-        {
-            // The rows are logged and stay in memory as they are.
-            tracing::error!(error = %e, "cannot encode rows in memory as Parquet");
-        }
+        let to_encode = if batch.num_rows() > 0 {
+            s.mem.push(batch)
+        } else {
+            None
+        };
         if s.mem.rows >= self.inner.config.flush_rows {
             self.request_flush(&mut s);
+        }
+        drop(s);
+        if let Some(job) = to_encode {
+            // Encoding takes a while: other appends and queries go on.
+            let encoded = encode_rows(&job.batches, partition_ns(&self.inner.config));
+            if let Err(e) = self.lock().mem.finish(job, encoded) {
+                // The rows are logged and stay in memory as Arrow.
+                tracing::error!(error = %e, "cannot encode rows in memory as Parquet");
+            }
         }
         Ok(Appended::Stored)
     }
@@ -441,6 +453,13 @@ impl FlowStore {
         self.inner.flushed.notify_all();
     }
 
+    /// Makes flushes fail to encode the rows they write (`false` lets
+    /// them succeed again), to test that the failure reaches the callers.
+    #[doc(hidden)]
+    pub fn set_fail_encoding(&self, fail: bool) {
+        self.lock().fail_encoding = fail;
+    }
+
     /// Blocks until a flush waits at the point [`set_pause`](Self::set_pause) named.
     #[doc(hidden)]
     pub fn wait_paused(&self) {
@@ -499,12 +518,7 @@ impl FlowStore {
         let mut s = self.lock();
         s.check_alive()?;
         s.flush_requested = false;
-        let width = partition_ns(&self.inner.config);
-        s.mem.encode_small(width).map_err(|e| StoreError::Parquet {
-            path: self.inner.config.dir.clone(),
-            message: e.to_string(),
-        })?;
-        if s.mem.chunks.is_empty() && s.frozen.is_empty() {
+        if s.mem.rows == 0 && s.frozen.is_empty() {
             return Ok(None);
         }
         let through = s.next_seq - 1;
@@ -521,12 +535,12 @@ impl FlowStore {
                 bytes,
             });
         }
-        let mem = std::mem::take(&mut s.mem);
-        s.frozen.extend(mem.chunks);
-        s.frozen_rows += mem.rows;
+        let (frozen, rows) = s.mem.freeze();
+        s.frozen.extend(frozen);
+        s.frozen_rows += rows;
         s.flushing = true;
         Ok(Some(FlushJob {
-            chunks: s.frozen.clone(),
+            frozen: s.frozen.clone(),
             through,
             files: s.files.clone(),
             delivered: s.delivered.clone(),
@@ -535,13 +549,39 @@ impl FlowStore {
         }))
     }
 
+    /// The chunks of the frozen rows: those encoded in memory as they are,
+    /// the Arrow rows encoded now. No lock held.
+    fn flush_chunks(&self, frozen: &[Frozen]) -> Result<Vec<Chunk>, StoreError> {
+        let mut chunks = Vec::new();
+        let mut rows = Vec::new();
+        for f in frozen {
+            match f {
+                Frozen::Chunk(c) => chunks.push(c.clone()),
+                Frozen::Rows(b) => rows.push(b.clone()),
+            }
+        }
+        if rows.is_empty() {
+            return Ok(chunks);
+        }
+        let err = |message: String| StoreError::Parquet {
+            path: self.inner.config.dir.clone(),
+            message,
+        };
+        if self.lock().fail_encoding {
+            return Err(err("encoding refused (set_fail_encoding)".into()));
+        }
+        let width = partition_ns(&self.inner.config);
+        chunks.extend(encode_rows(&rows, width).map_err(|e| err(e.to_string()))?);
+        Ok(chunks)
+    }
+
     /// The Parquet files (the chunks' bytes as they are), then the
     /// manifest naming them. No lock held.
     fn write_flush(&self, job: &FlushJob) -> Result<Vec<PartFile>, StoreError> {
         let dir = &self.inner.config.dir;
         let mut written = Vec::new();
         let mut dirs = std::collections::BTreeSet::new();
-        for (i, chunk) in job.chunks.iter().enumerate() {
+        for (i, chunk) in self.flush_chunks(&job.frozen)?.iter().enumerate() {
             self.failpoint(FlushPoint::BeforeFile(i))?;
             let part_dir = dir.join("flows").join(chunk.partition_start_ns.to_string());
             std::fs::create_dir_all(&part_dir).map_err(io_err("creating", &part_dir))?;
@@ -654,7 +694,7 @@ impl FlowStore {
         parts.dedup();
         StoreStats {
             memory_rows: (s.mem.rows + s.frozen_rows) as u64,
-            memory_bytes: s.mem.bytes() + chunk_bytes(&s.frozen),
+            memory_bytes: s.mem.bytes() + frozen_bytes(&s.frozen),
             disk_rows: s.files.iter().map(|f| f.rows).sum(),
             disk_bytes: s.files.iter().map(|f| f.bytes).sum(),
             partitions: parts.len() as u64,
@@ -672,14 +712,23 @@ impl FlowStore {
     pub(crate) fn snapshot(&self, lo: i64, hi: i64) -> Snapshot {
         let s = self.lock();
         let width = self.partition_width_ns();
+        let frozen_chunks = s.frozen.iter().filter_map(|f| match f {
+            Frozen::Chunk(c) => Some(c),
+            Frozen::Rows(_) => None,
+        });
         let chunks = s
             .mem
             .chunks
             .iter()
-            .chain(&s.frozen)
+            .chain(frozen_chunks)
             .filter(|c| c.max_ns >= lo && c.min_ns <= hi)
             .map(|c| c.parquet.clone())
             .collect();
+        let frozen_rows = s.frozen.iter().filter_map(|f| match f {
+            Frozen::Rows(b) => Some(b),
+            Frozen::Chunk(_) => None,
+        });
+        let batches = s.mem.arrow().chain(frozen_rows).cloned().collect();
         let files = s
             .files
             .iter()
@@ -687,7 +736,7 @@ impl FlowStore {
             .map(|f| f.path.clone())
             .collect();
         Snapshot {
-            batches: s.mem.small.clone(),
+            batches,
             chunks,
             files,
         }
@@ -816,7 +865,7 @@ fn replay_log(
             }
             live = true;
             if r.batch.num_rows() > 0
-                && let Err(e) = mem.push(r.batch, partition_ns)
+                && let Err(e) = mem.push_encoded(r.batch, partition_ns)
             {
                 tracing::error!(error = %e, "cannot encode replayed rows as Parquet");
             }

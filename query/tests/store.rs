@@ -495,3 +495,48 @@ fn a_store_from_before_the_manifest_is_adopted() {
         "the old log is trimmed once flushed"
     );
 }
+
+/// A flush whose encoding fails is an error its caller sees, and appends
+/// past the memory limit are refused with it, never left waiting; once
+/// encoding works again every row is stored once, after a restart too.
+#[test]
+fn a_failing_encode_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        flush_rows: 6,
+        ..config(dir.path())
+    };
+    let store = FlowStore::open(cfg.clone()).unwrap();
+    store.set_fail_encoding(true);
+    assert_eq!(append_from(&store, "p", 1, 6).unwrap(), Appended::Stored);
+    let err = store.flush().unwrap_err();
+    assert!(matches!(err, StoreError::Parquet { .. }), "{err}");
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+    {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let results: Vec<_> = (2..=5).map(|seq| append_from(&store, "p", seq, 6)).collect();
+            done_tx.send(results).unwrap();
+        });
+    }
+    let results = done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("appends waited for a flush that cannot succeed");
+    assert!(
+        matches!(results.last(), Some(Err(StoreError::FlushFailing { .. }))),
+        "{results:?}"
+    );
+    let mut expected = BTreeMap::from([(1, 6)]);
+    for (seq, r) in (2..=5).zip(&results) {
+        if matches!(r, Ok(Appended::Stored)) {
+            expected.insert(seq, 6);
+        }
+    }
+    assert_eq!(rows_per_batch(&store), expected, "queried meanwhile");
+    store.set_fail_encoding(false);
+    store.flush().unwrap();
+    assert_eq!(rows_per_batch(&store), expected);
+    drop(store);
+    let store = FlowStore::open(cfg).unwrap();
+    assert_eq!(rows_per_batch(&store), expected, "after a restart");
+}
