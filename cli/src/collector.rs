@@ -74,10 +74,14 @@ pub(crate) struct Args {
     /// How long a deleted pod still names its IP for late flows; longer costs memory.
     #[arg(long, default_value_t = defaults().tombstone_retention.into(), env = "FLOWGATE_TOMBSTONE_RETENTION")]
     tombstone_retention: humantime::Duration,
-    /// Rows buffered in memory before they are written as a Parquet file:
-    /// more makes bigger files and uses more memory.
+    /// Rows held in memory before they are written to Parquet files: more
+    /// makes fewer flushes and a longer log to replay after a crash.
     #[arg(long, default_value_t = defaults().flush_rows, env = "FLOWGATE_FLUSH_ROWS")]
     flush_rows: usize,
+    /// Bytes the rows in memory may take (mostly compressed Parquet images)
+    /// before they are written to disk; ingest waits at three times this.
+    #[arg(long, default_value_t = bytesize::ByteSize(defaults().flush_bytes), env = "FLOWGATE_FLUSH_BYTES")]
+    flush_bytes: bytesize::ByteSize,
     /// The collector's certificate (PEM) for gRPC: with --tls-key and
     /// --client-ca, probes must present a client certificate signed by that
     /// CA naming their node. Without these flags gRPC is plaintext and any
@@ -165,6 +169,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.tombstone_retention = args.tombstone_retention.into();
     config.cluster_poll = args.cluster_poll;
     config.flush_rows = args.flush_rows;
+    config.flush_bytes = args.flush_bytes.as_u64();
     if let (Some(cert), Some(key), Some(client_ca)) = (args.tls_cert, args.tls_key, args.client_ca)
     {
         config.grpc_tls = Some(flowgate_collector::tls::GrpcTls {

@@ -53,6 +53,9 @@ pub struct Config {
     pub verdict_cache_entries: usize,
     /// Rows buffered in memory before the store writes a Parquet file.
     pub flush_rows: usize,
+    /// Bytes of rows in memory (mostly compressed Parquet images) before
+    /// the store writes them to disk.
+    pub flush_bytes: u64,
     /// Time span of one Parquet partition.
     pub partition: Duration,
     /// Mutual TLS on the gRPC port; `None` is plaintext (logged as a warning).
@@ -99,6 +102,7 @@ impl Config {
             tombstone_retention: Duration::from_secs(3600),
             verdict_cache_entries: 65_536,
             flush_rows: StoreConfig::DEFAULT_FLUSH_ROWS,
+            flush_bytes: StoreConfig::DEFAULT_FLUSH_BYTES,
             partition: StoreConfig::DEFAULT_PARTITION,
             grpc_tls: None,
             http_tls: None,

@@ -214,7 +214,9 @@ pub async fn run(config: Config) -> Result<Collector, Error> {
         retention: config.retention,
         max_size_bytes: config.max_store_size,
         flush_rows: config.flush_rows,
+        flush_bytes: config.flush_bytes,
         partition: config.partition,
+        ..StoreConfig::new(&config.data_dir)
     })
     .map_err(|source| Error::Store {
         dir: config.data_dir.clone(),

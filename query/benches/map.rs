@@ -186,6 +186,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let store = FlowStore::open(StoreConfig {
         flush_rows: 3_000_000,
+        flush_bytes: u64::MAX,
         ..StoreConfig::new(dir.path())
     })
     .unwrap();

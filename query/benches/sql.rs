@@ -415,6 +415,7 @@ fn main() {
     // Everything stays in memory until measured, then one flush.
     let store = FlowStore::open(StoreConfig {
         flush_rows: total + 1,
+        flush_bytes: u64::MAX,
         ..StoreConfig::new(&dir)
     })
     .expect("open store");

@@ -1,6 +1,6 @@
 //! The rows in memory: the newest appends as Arrow batches, and every
-//! [`CHUNK_ROWS`] rows of them encoded once as a Parquet file image (a
-//! [`Chunk`]), sorted and compressed as it will lie on disk. Encoding runs
+//! `chunk_rows` rows of them (see [`crate::StoreConfig`]) encoded once as a
+//! Parquet file image (a [`Chunk`]), sorted and compressed as it will lie on disk. Encoding runs
 //! without the store's lock: the rows stay queried as Arrow meanwhile. A chunk costs
 //! about a tenth of its Arrow form, a query decodes only the columns it
 //! reads, and a flush writes the chunks' bytes as they are.
@@ -21,9 +21,6 @@ use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::schema::types::ColumnPath;
 
 use crate::model::flows_schema;
-
-/// Rows gathered in Arrow form before they are encoded as one chunk.
-pub(crate) const CHUNK_ROWS: usize = 65_536;
 
 /// Rows are encoded in this order: one source pod's rows sit together, so
 /// row-group and page statistics of the pod columns let a query naming a
@@ -62,7 +59,7 @@ impl Frozen {
     fn bytes(&self) -> u64 {
         match self {
             Frozen::Chunk(c) => c.parquet.len() as u64,
-            Frozen::Rows(b) => b.get_array_memory_size() as u64,
+            Frozen::Rows(b) => arrow_bytes(b),
         }
     }
 }
@@ -75,8 +72,9 @@ pub(crate) struct ToEncode {
 }
 
 /// Rows appended since the last flush began.
-#[derive(Default)]
 pub(crate) struct Memory {
+    /// Arrow rows gathered before they are encoded as one chunk.
+    chunk_rows: usize,
     pub chunks: Vec<Chunk>,
     /// The newest rows, not yet encoded.
     small: Vec<RecordBatch>,
@@ -90,16 +88,34 @@ pub(crate) struct Memory {
     next_id: u64,
     /// Rows in memory, in any form.
     pub rows: usize,
+    /// Bytes held: the chunks' images and the Arrow rows' buffers, kept
+    /// up to date on every change (it decides when to flush).
+    bytes: u64,
 }
 
 impl Memory {
-    /// Adds a batch; once [`CHUNK_ROWS`] Arrow rows are gathered they are
+    pub fn new(chunk_rows: usize) -> Memory {
+        Memory {
+            chunk_rows: chunk_rows.max(1),
+            chunks: Vec::new(),
+            small: Vec::new(),
+            small_rows: 0,
+            encoding: Vec::new(),
+            unencoded: Vec::new(),
+            next_id: 0,
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Adds a batch; once `chunk_rows` Arrow rows are gathered they are
     /// returned, for the caller to encode without holding the store's lock.
     pub fn push(&mut self, batch: RecordBatch) -> Option<ToEncode> {
         self.rows += batch.num_rows();
+        self.bytes += arrow_bytes(&batch);
         self.small_rows += batch.num_rows();
         self.small.push(batch);
-        if self.small_rows < CHUNK_ROWS {
+        if self.small_rows < self.chunk_rows {
             return None;
         }
         let batches = std::mem::take(&mut self.small);
@@ -124,6 +140,10 @@ impl Memory {
         let (_, batches) = self.encoding.swap_remove(i);
         match encoded {
             Ok(chunks) => {
+                // The Arrow buffers are freed here (a query holding them
+                // keeps them a little longer).
+                self.bytes -= batches.iter().map(arrow_bytes).sum::<u64>();
+                self.bytes += chunk_bytes(&chunks);
                 self.chunks.extend(chunks);
                 Ok(())
             }
@@ -135,7 +155,11 @@ impl Memory {
     }
 
     /// Adds a batch and encodes at once, where no lock is shared (replay).
-    pub fn push_encoded(&mut self, batch: RecordBatch, partition_ns: i64) -> Result<(), ArrowError> {
+    pub fn push_encoded(
+        &mut self,
+        batch: RecordBatch,
+        partition_ns: i64,
+    ) -> Result<(), ArrowError> {
         match self.push(batch) {
             Some(job) => {
                 let encoded = encode_rows(&job.batches, partition_ns);
@@ -164,17 +188,18 @@ impl Memory {
         self.small_rows = 0;
         self.encoding.clear();
         self.unencoded.clear();
+        self.bytes = 0;
         (out, std::mem::take(&mut self.rows))
     }
 
     /// Bytes held: the chunks' images and the Arrow rows' buffers.
     pub fn bytes(&self) -> u64 {
-        chunk_bytes(&self.chunks)
-            + self
-                .arrow()
-                .map(|b| b.get_array_memory_size() as u64)
-                .sum::<u64>()
+        self.bytes
     }
+}
+
+fn arrow_bytes(batch: &RecordBatch) -> u64 {
+    batch.get_array_memory_size() as u64
 }
 
 pub(crate) fn frozen_bytes(frozen: &[Frozen]) -> u64 {
@@ -182,7 +207,10 @@ pub(crate) fn frozen_bytes(frozen: &[Frozen]) -> u64 {
 }
 
 /// Arrow rows as chunks, one per time partition.
-pub(crate) fn encode_rows(batches: &[RecordBatch], partition_ns: i64) -> Result<Vec<Chunk>, ArrowError> {
+pub(crate) fn encode_rows(
+    batches: &[RecordBatch],
+    partition_ns: i64,
+) -> Result<Vec<Chunk>, ArrowError> {
     let all = concat_batches(&flows_schema(), batches)?;
     split_partitions(&all, partition_ns)?
         .into_iter()

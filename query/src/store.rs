@@ -30,11 +30,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::delivered::Delivered;
 use crate::manifest::{FileEntry, Manifest, ManifestError};
-use crate::memory::{Chunk, Frozen, Memory, encode_rows, frozen_bytes};
+use crate::memory::{Chunk, Frozen, Memory, ToEncode, encode_rows, frozen_bytes};
 use crate::model::{FlowRow, flows_schema, to_batch};
 use crate::wal::{Wal, WalError};
 
@@ -45,8 +46,16 @@ pub struct StoreConfig {
     pub retention: Duration,
     /// Oldest partitions are deleted while the files exceed this.
     pub max_size_bytes: Option<u64>,
-    /// Rows held in memory before they are written to Parquet.
+    /// Rows held in memory before they are written to Parquet: this also
+    /// bounds the log replayed on a restart.
     pub flush_rows: usize,
+    /// Bytes the rows in memory may take (their Parquet images, and the
+    /// newest rows as Arrow) before they are written to Parquet.
+    pub flush_bytes: u64,
+    /// Rows gathered as Arrow before they are encoded as one Parquet image
+    /// in memory (and written as one file): fewer saves memory sooner, more
+    /// compress better and make fewer files.
+    pub chunk_rows: usize,
     /// Width of a time partition (default one hour).
     pub partition: Duration,
 }
@@ -54,7 +63,9 @@ pub struct StoreConfig {
 impl StoreConfig {
     /// The defaults of the store (and of the collector flags that set it).
     pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-    pub const DEFAULT_FLUSH_ROWS: usize = 100_000;
+    pub const DEFAULT_FLUSH_ROWS: usize = 1_000_000;
+    pub const DEFAULT_FLUSH_BYTES: u64 = 64 << 20;
+    pub const DEFAULT_CHUNK_ROWS: usize = 65_536;
     pub const DEFAULT_PARTITION: Duration = Duration::from_secs(3600);
 
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -63,8 +74,15 @@ impl StoreConfig {
             retention: Self::DEFAULT_RETENTION,
             max_size_bytes: None,
             flush_rows: Self::DEFAULT_FLUSH_ROWS,
+            flush_bytes: Self::DEFAULT_FLUSH_BYTES,
+            chunk_rows: Self::DEFAULT_CHUNK_ROWS,
             partition: Self::DEFAULT_PARTITION,
         }
+    }
+
+    /// Whether memory holding `rows` in `bytes` is due for a flush.
+    fn full(&self, rows: usize, bytes: u64) -> bool {
+        rows >= self.flush_rows || bytes >= self.flush_bytes
     }
 }
 
@@ -86,11 +104,13 @@ pub enum StoreError {
     #[error("{message}")]
     Schema { message: String },
     #[error(
-        "{rows} rows wait in memory (the limit is {limit}) and flushing them to Parquet fails: {message}"
+        "{rows} rows in {bytes} bytes wait in memory (the limit is {limit} rows or {limit_bytes} bytes) and flushing them to Parquet fails: {message}"
     )]
     FlushFailing {
         rows: usize,
+        bytes: u64,
         limit: usize,
+        limit_bytes: u64,
         message: String,
     },
     #[error("the store stopped at failpoint {point:?} (a simulated crash): reopen it")]
@@ -112,6 +132,9 @@ pub enum FlushPoint {
     /// segments are deleted.
     BeforeTrim,
     AfterTrim,
+    /// Before rows gathered in memory are encoded as a chunk (outside a
+    /// flush; only [`FlowStore::set_pause`] acts on it).
+    Encoding,
 }
 
 /// What [`FlowStore::append_from`] did with a batch.
@@ -164,6 +187,7 @@ struct State {
     /// Rows a flush is writing; queried until its files replace them.
     frozen: Vec<Frozen>,
     frozen_rows: usize,
+    frozen_bytes: u64,
     files: Vec<PartFile>,
     /// Every batch the store holds (log and Parquet), by probe.
     delivered: Delivered,
@@ -259,7 +283,7 @@ impl FlowStore {
         let files = listed_files(&dir, &manifest)?;
         remove_unlisted(&dir.join("flows"), &files)?;
         let mut delivered = manifest.delivered;
-        let mut mem = Memory::default();
+        let mut mem = Memory::new(config.chunk_rows);
         let width = partition_ns(&config);
         let (sealed, next_seq) = replay_log(
             &dir,
@@ -277,6 +301,7 @@ impl FlowStore {
             mem,
             frozen: Vec::new(),
             frozen_rows: 0,
+            frozen_bytes: 0,
             files,
             delivered,
             generation: manifest.generation,
@@ -350,12 +375,9 @@ impl FlowStore {
                 ),
             });
         }
-        let mut s = self.wait_for_room()?;
-        if let Some((probe, sequence)) = origin
-            && s.delivered.contains(probe, sequence)
-        {
+        let Some(mut s) = self.wait_for_room(origin)? else {
             return Ok(Appended::Duplicate);
-        }
+        };
         let seq = s.next_seq;
         s.wal.append(seq, origin, &batch)?;
         s.next_seq += 1;
@@ -367,35 +389,77 @@ impl FlowStore {
         } else {
             None
         };
-        if s.mem.rows >= self.inner.config.flush_rows {
-            self.request_flush(&mut s);
-        }
-        drop(s);
-        if let Some(job) = to_encode {
-            // Encoding takes a while: other appends and queries go on.
-            let encoded = encode_rows(&job.batches, partition_ns(&self.inner.config));
-            if let Err(e) = self.lock().mem.finish(job, encoded) {
-                // The rows are logged and stay in memory as Arrow.
-                tracing::error!(error = %e, "cannot encode rows in memory as Parquet");
+        match to_encode {
+            // Whether memory is full is judged by the rows' encoded size.
+            Some(job) => {
+                drop(s);
+                self.encode_chunk(job);
             }
+            None => self.flush_if_full(&mut s),
         }
         Ok(Appended::Stored)
     }
 
-    /// The state lock, once memory has room for more rows.
-    fn wait_for_room(&self) -> Result<MutexGuard<'_, State>, StoreError> {
-        let limit = self.inner.config.flush_rows.max(1) * MEMORY_LIMIT_FLUSHES;
+    fn flush_if_full(&self, s: &mut State) {
+        if self.inner.config.full(s.mem.rows, s.mem.bytes()) {
+            self.request_flush(s);
+        }
+    }
+
+    /// Encodes rows gathered in memory as a chunk, without the lock (it
+    /// takes a while: other appends and queries go on), then swaps it in.
+    fn encode_chunk(&self, job: ToEncode) {
+        let fail = self.failpoint_pause(FlushPoint::Encoding).fail_encoding;
+        let encoded = if fail {
+            Err(ArrowError::ComputeError(
+                "encoding refused (set_fail_encoding)".into(),
+            ))
+        } else {
+            encode_rows(&job.batches, partition_ns(&self.inner.config))
+        };
+        let mut s = self.lock();
+        if let Err(e) = s.mem.finish(job, encoded) {
+            // The rows are logged and stay in memory as Arrow.
+            tracing::error!(error = %e, "cannot encode rows in memory as Parquet");
+        }
+        self.flush_if_full(&mut s);
+        // Encoded rows take less room: appends waiting for it may go on.
+        drop(s);
+        self.inner.flushed.notify_all();
+    }
+
+    /// The state lock, once memory has room for more rows; `None` when the
+    /// store already holds the batch from `origin` (a resend is answered
+    /// even while memory is full).
+    fn wait_for_room(
+        &self,
+        origin: Option<(&str, u64)>,
+    ) -> Result<Option<MutexGuard<'_, State>>, StoreError> {
+        let cfg = &self.inner.config;
+        let limit = cfg.flush_rows.max(1).saturating_mul(MEMORY_LIMIT_FLUSHES);
+        let limit_bytes = cfg
+            .flush_bytes
+            .max(1)
+            .saturating_mul(MEMORY_LIMIT_FLUSHES as u64);
         let mut s = self.lock();
         loop {
             s.check_alive()?;
+            if let Some((probe, sequence)) = origin
+                && s.delivered.contains(probe, sequence)
+            {
+                return Ok(None);
+            }
             let rows = s.mem.rows + s.frozen_rows;
-            if rows < limit {
-                return Ok(s);
+            let bytes = s.mem.bytes() + s.frozen_bytes;
+            if rows < limit && bytes < limit_bytes {
+                return Ok(Some(s));
             }
             if let Some(message) = &s.flush_error {
                 return Err(StoreError::FlushFailing {
                     rows,
+                    bytes,
                     limit,
+                    limit_bytes,
                     message: message.clone(),
                 });
             }
@@ -453,8 +517,9 @@ impl FlowStore {
         self.inner.flushed.notify_all();
     }
 
-    /// Makes flushes fail to encode the rows they write (`false` lets
-    /// them succeed again), to test that the failure reaches the callers.
+    /// Makes encoding rows as Parquet fail, in flushes and in memory
+    /// (`false` lets it succeed again), to test that the failure reaches
+    /// the callers and loses nothing.
     #[doc(hidden)]
     pub fn set_fail_encoding(&self, fail: bool) {
         self.lock().fail_encoding = fail;
@@ -473,7 +538,8 @@ impl FlowStore {
         }
     }
 
-    fn failpoint(&self, point: FlushPoint) -> Result<(), StoreError> {
+    /// Waits while a test holds `point` ([`set_pause`](Self::set_pause)).
+    fn failpoint_pause(&self, point: FlushPoint) -> MutexGuard<'_, State> {
         let mut s = self.lock();
         if s.pause == Some(point) {
             s.paused = true;
@@ -487,6 +553,11 @@ impl FlowStore {
             }
             s.paused = false;
         }
+        s
+    }
+
+    fn failpoint(&self, point: FlushPoint) -> Result<(), StoreError> {
+        let mut s = self.failpoint_pause(point);
         if s.failpoint == Some(point) {
             s.crashed = Some(point);
             drop(s);
@@ -536,6 +607,7 @@ impl FlowStore {
             });
         }
         let (frozen, rows) = s.mem.freeze();
+        s.frozen_bytes += frozen_bytes(&frozen);
         s.frozen.extend(frozen);
         s.frozen_rows += rows;
         s.flushing = true;
@@ -634,6 +706,7 @@ impl FlowStore {
         s.files.extend(written);
         s.frozen.clear();
         s.frozen_rows = 0;
+        s.frozen_bytes = 0;
         s.generation = job.generation + 1;
         s.flushed_through = job.through;
         s.flush_error = None;
@@ -694,7 +767,7 @@ impl FlowStore {
         parts.dedup();
         StoreStats {
             memory_rows: (s.mem.rows + s.frozen_rows) as u64,
-            memory_bytes: s.mem.bytes() + frozen_bytes(&s.frozen),
+            memory_bytes: s.mem.bytes() + s.frozen_bytes,
             disk_rows: s.files.iter().map(|f| f.rows).sum(),
             disk_bytes: s.files.iter().map(|f| f.bytes).sum(),
             partitions: parts.len() as u64,

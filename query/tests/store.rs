@@ -13,9 +13,15 @@ use flowgate_query::{
 };
 use support::{HOUR_NS, fixture_rows};
 
+/// Tiny chunks: most tests' rows then pass through every state in memory
+/// (Arrow, being encoded, encoded as a Parquet image) before a flush.
+const CHUNK_ROWS: usize = 5;
+
 fn config(dir: &std::path::Path) -> StoreConfig {
     StoreConfig {
         flush_rows: 1_000_000,
+        flush_bytes: u64::MAX,
+        chunk_rows: CHUNK_ROWS,
         ..StoreConfig::new(dir)
     }
 }
@@ -515,7 +521,9 @@ fn a_failing_encode_is_an_error_not_a_hang() {
     {
         let store = store.clone();
         std::thread::spawn(move || {
-            let results: Vec<_> = (2..=5).map(|seq| append_from(&store, "p", seq, 6)).collect();
+            let results: Vec<_> = (2..=5)
+                .map(|seq| append_from(&store, "p", seq, 6))
+                .collect();
             done_tx.send(results).unwrap();
         });
     }
@@ -539,4 +547,134 @@ fn a_failing_encode_is_an_error_not_a_hang() {
     drop(store);
     let store = FlowStore::open(cfg).unwrap();
     assert_eq!(rows_per_batch(&store), expected, "after a restart");
+}
+
+/// Rows are queried exactly once in every state they pass through: Arrow,
+/// being encoded (held there), an encoded image, frozen by a flush (held
+/// before its manifest), and on disk; an encoding that ends after a flush
+/// took its rows is dropped, not added again.
+#[test]
+fn rows_are_queried_once_in_every_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    let mut expected = BTreeMap::new();
+    let stored = |store: &FlowStore, expected: &mut BTreeMap<u64, u64>, seq: u64, n: usize| {
+        assert_eq!(append_from(store, "p", seq, n).unwrap(), Appended::Stored);
+        expected.insert(seq, n as u64);
+    };
+    stored(&store, &mut expected, 1, CHUNK_ROWS); // encoded at once
+    // Batch 3 completes a chunk whose encoding is held.
+    stored(&store, &mut expected, 2, 2);
+    store.set_pause(Some(FlushPoint::Encoding));
+    let encoder = {
+        let store = store.clone();
+        std::thread::spawn(move || append_from(&store, "p", 3, CHUNK_ROWS - 2))
+    };
+    store.wait_paused();
+    expected.insert(3, (CHUNK_ROWS - 2) as u64);
+    stored(&store, &mut expected, 4, 1); // Arrow
+    assert_eq!(rows_per_batch(&store), expected, "chunk, encoding, Arrow");
+    // A flush takes everything, the rows being encoded too.
+    store.flush().unwrap();
+    assert_eq!(rows_per_batch(&store), expected, "on disk");
+    store.set_pause(None);
+    assert_eq!(encoder.join().unwrap().unwrap(), Appended::Stored);
+    assert_eq!(
+        rows_per_batch(&store),
+        expected,
+        "the late encoding adds nothing"
+    );
+    assert_eq!(store.stats().memory_rows, 0);
+
+    stored(&store, &mut expected, 5, CHUNK_ROWS);
+    stored(&store, &mut expected, 6, 2);
+    store.set_pause(Some(FlushPoint::BeforeManifest));
+    let flusher = {
+        let store = store.clone();
+        std::thread::spawn(move || store.flush())
+    };
+    store.wait_paused();
+    stored(&store, &mut expected, 7, CHUNK_ROWS + 1);
+    let during = expected;
+    assert_eq!(rows_per_batch(&store), during, "frozen, and newer rows");
+    store.set_pause(None);
+    flusher.join().unwrap().unwrap();
+    assert_eq!(rows_per_batch(&store), during, "after the flush");
+    drop(store);
+    let store = FlowStore::open(config(dir.path())).unwrap();
+    assert_eq!(rows_per_batch(&store), during, "after a restart");
+    for seq in 1..=7 {
+        assert_eq!(
+            append_from(&store, "p", seq, 1).unwrap(),
+            Appended::Duplicate
+        );
+    }
+}
+
+/// Encoding rows as a Parquet image shrinks what memory holds, by the
+/// store's own accounting; memory past `flush_bytes` flushes by itself, and
+/// appends past three times it are refused when flushing fails.
+#[test]
+fn memory_is_counted_in_bytes_and_shrinks_when_encoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 2_000;
+    let store = FlowStore::open(StoreConfig {
+        chunk_rows: rows,
+        ..config(dir.path())
+    })
+    .unwrap();
+    append_from(&store, "p", 1, rows - 1).unwrap();
+    let arrow = store.stats().memory_bytes;
+    assert!(arrow > 0);
+    append_from(&store, "p", 2, 1).unwrap();
+    let encoded = store.stats().memory_bytes;
+    assert!(
+        encoded * 3 < arrow,
+        "{rows} rows take {encoded} bytes encoded, {arrow} as Arrow"
+    );
+    drop(store);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        flush_bytes: arrow,
+        ..config(dir.path())
+    };
+    let store = FlowStore::open(cfg.clone()).unwrap();
+    store.set_fail_encoding(true);
+    let mut results = Vec::new();
+    for seq in 1..=4 {
+        results.push(append_from(&store, "p", seq, rows));
+        store.wait_idle();
+    }
+    assert!(
+        matches!(results.last(), Some(Err(StoreError::FlushFailing { .. }))),
+        "{results:?}"
+    );
+    assert_eq!(
+        append_from(&store, "p", 1, rows).unwrap(),
+        Appended::Duplicate,
+        "a resend is answered while memory is full"
+    );
+    store.set_fail_encoding(false);
+    store.flush().unwrap();
+    let s = store.stats();
+    assert_eq!(s.memory_rows, 0);
+    let stored = results.iter().filter(|r| r.is_ok()).count() as u64;
+    assert_eq!(s.disk_rows, stored * rows as u64);
+    drop(store);
+
+    // Memory past `flush_bytes` (and far below `flush_rows`) is flushed.
+    let dir = tempfile::tempdir().unwrap();
+    let store = FlowStore::open(StoreConfig {
+        flush_bytes: 1,
+        ..config(dir.path())
+    })
+    .unwrap();
+    append_from(&store, "p", 1, 3).unwrap();
+    store.wait_idle();
+    assert_eq!(
+        (store.stats().memory_rows, store.stats().disk_rows),
+        (0, 3),
+        "flushed by bytes"
+    );
 }
