@@ -5,6 +5,8 @@
 //! about a tenth of its Arrow form, a query decodes only the columns it
 //! reads, and a flush writes the chunks' bytes as they are.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use datafusion::arrow::array::TimestampNanosecondArray;
 use datafusion::arrow::compute::{
@@ -13,10 +15,11 @@ use datafusion::arrow::compute::{
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::arrow::ProjectionMask;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::metadata::{
+    PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
+};
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::schema::types::ColumnPath;
 
@@ -41,6 +44,9 @@ const DELTA_COLUMNS: [&str; 2] = ["time", "last_seen"];
 #[derive(Clone, Debug)]
 pub(crate) struct Chunk {
     pub parquet: Bytes,
+    /// Its footer and page index, parsed once: a query prunes by them
+    /// without parsing them again.
+    pub metadata: Arc<ParquetMetaData>,
     pub rows: usize,
     pub partition_start_ns: i64,
     pub min_ns: i64,
@@ -58,7 +64,7 @@ pub(crate) enum Frozen {
 impl Frozen {
     fn bytes(&self) -> u64 {
         match self {
-            Frozen::Chunk(c) => c.parquet.len() as u64,
+            Frozen::Chunk(c) => c.bytes(),
             Frozen::Rows(b) => arrow_bytes(b),
         }
     }
@@ -219,7 +225,14 @@ pub(crate) fn encode_rows(
 }
 
 fn chunk_bytes(chunks: &[Chunk]) -> u64 {
-    chunks.iter().map(|c| c.parquet.len() as u64).sum()
+    chunks.iter().map(Chunk::bytes).sum()
+}
+
+impl Chunk {
+    /// Bytes held: the image and its parsed metadata.
+    pub fn bytes(&self) -> u64 {
+        (self.parquet.len() + self.metadata.memory_size()) as u64
+    }
 }
 
 fn times(batch: &RecordBatch) -> &TimestampNanosecondArray {
@@ -294,41 +307,18 @@ fn encode(partition_start_ns: i64, batch: &RecordBatch) -> Result<Chunk, ArrowEr
         .map_err(parquet_error)?;
     w.write(&sorted).map_err(parquet_error)?;
     w.close().map_err(parquet_error)?;
+    let parquet = Bytes::from(out);
+    let metadata = ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Required)
+        .parse_and_finish(&parquet)
+        .map_err(parquet_error)?;
     let t = times(batch).values();
     Ok(Chunk {
-        parquet: Bytes::from(out),
+        metadata: Arc::new(metadata),
+        parquet,
         rows: batch.num_rows(),
         partition_start_ns,
         min_ns: t.iter().copied().min().unwrap_or(0),
         max_ns: t.iter().copied().max().unwrap_or(0),
     })
-}
-
-/// The columns `projection` names (all without one), in its order.
-pub(crate) fn decode(
-    chunk: &Bytes,
-    projection: Option<&[usize]>,
-) -> Result<Vec<RecordBatch>, ParquetError> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(chunk.clone())?;
-    let Some(projection) = projection else {
-        return builder.build()?.map(|b| b.map_err(Into::into)).collect();
-    };
-    // The reader yields columns in file order: reorder them after.
-    let mut wanted: Vec<usize> = projection.to_vec();
-    wanted.sort_unstable();
-    wanted.dedup();
-    let order: Vec<usize> = projection
-        .iter()
-        .map(|c| {
-            wanted
-                .binary_search(c)
-                .expect("wanted holds every projected column")
-        })
-        .collect();
-    let mask = ProjectionMask::roots(builder.parquet_schema(), wanted.iter().copied());
-    builder
-        .with_projection(mask)
-        .build()?
-        .map(|b| Ok(b?.project(&order)?))
-        .collect()
 }

@@ -29,7 +29,6 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -795,7 +794,7 @@ impl FlowStore {
             .iter()
             .chain(frozen_chunks)
             .filter(|c| c.max_ns >= lo && c.min_ns <= hi)
-            .map(|c| c.parquet.clone())
+            .cloned()
             .collect();
         let frozen_rows = s.frozen.iter().filter_map(|f| match f {
             Frozen::Rows(b) => Some(b),
@@ -806,7 +805,7 @@ impl FlowStore {
             .files
             .iter()
             .filter(|f| f.partition_start_ns + width > lo && f.partition_start_ns <= hi)
-            .map(|f| f.path.clone())
+            .cloned()
             .collect();
         Snapshot {
             batches,
@@ -821,8 +820,8 @@ pub(crate) struct Snapshot {
     /// The newest rows, as Arrow.
     pub batches: Vec<RecordBatch>,
     /// Parquet images in memory.
-    pub chunks: Vec<Bytes>,
-    pub files: Vec<PathBuf>,
+    pub chunks: Vec<Chunk>,
+    pub files: Vec<PartFile>,
 }
 
 fn partition_ns(config: &StoreConfig) -> i64 {

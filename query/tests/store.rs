@@ -617,7 +617,9 @@ fn rows_are_queried_once_in_every_state() {
 #[test]
 fn memory_is_counted_in_bytes_and_shrinks_when_encoded() {
     let dir = tempfile::tempdir().unwrap();
-    let rows = 2_000;
+    // Enough rows that the image's metadata (parsed, kept for queries)
+    // does not outweigh them.
+    let rows = 20_000;
     let store = FlowStore::open(StoreConfig {
         chunk_rows: rows,
         ..config(dir.path())
@@ -677,4 +679,50 @@ fn memory_is_counted_in_bytes_and_shrinks_when_encoded() {
         (0, 3),
         "flushed by bytes"
     );
+}
+
+/// A query over the Parquet images in memory prunes them as a scan of
+/// files does: with one batch per image, a filter on the batch's
+/// `src_port` reads the row groups of that batch only, over more than one
+/// partition, and counts right.
+#[test]
+fn a_query_prunes_the_images_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FlowStore::open(StoreConfig {
+        chunk_rows: 6,
+        ..config(dir.path())
+    })
+    .unwrap();
+    for seq in 1..=8 {
+        append_from(&store, "p", seq, 6).unwrap();
+    }
+    assert_eq!(store.stats().disk_rows, 0);
+    let engine = QueryEngine::new(store.clone(), QueryLimits::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let plan = rt
+        .block_on(engine.sql("EXPLAIN ANALYZE SELECT count(*) AS n FROM flows WHERE src_port = 3"))
+        .unwrap()
+        .to_json();
+    let plan = plan["rows"][0]["plan"].as_str().unwrap().to_owned();
+    // Each batch spans three hours: three images, one row group each.
+    assert!(
+        plan.contains("flowgate-memory/chunk-")
+            && plan.contains("row_groups_pruned_statistics=24 total → 3 matched"),
+        "{plan}"
+    );
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if parallel > 1 {
+        assert!(
+            plan.contains(&format!("file_groups={{{} groups", parallel.min(24))),
+            "{plan}"
+        );
+    }
+    let n = rt
+        .block_on(engine.sql("SELECT count(*) AS n FROM flows WHERE src_port = 3"))
+        .unwrap()
+        .to_json();
+    assert_eq!(n["rows"][0]["n"], 6);
 }
