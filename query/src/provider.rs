@@ -231,16 +231,22 @@ fn file_scan(
     let cache = state.runtime_env().cache_manager.get_file_metadata_cache();
     let files = files
         .iter()
-        .map(|f| {
-            let path =
-                datafusion::object_store::path::Path::from_absolute_path(&f.path).map_err(|e| {
-                    internal_datafusion_err!("{}: not a path for a scan: {e}", f.path.display())
-                })?;
-            Ok(PartitionedFile::new(path.to_string(), f.bytes))
-        })
+        .map(|f| Ok(PartitionedFile::new(location(&f.path)?, f.bytes)))
         .collect::<Result<Vec<_>>>()?;
     let readers = Arc::new(CachedParquetFileReaderFactory::new(store, cache));
     parquet_scan(state, files, readers, projection, limit)
+}
+
+/// Where the local file store finds `path` (a relative one is taken from
+/// the working directory, as the store's directory may be given).
+fn location(path: &std::path::Path) -> Result<String> {
+    let not_a_path = |e: &dyn std::fmt::Display| {
+        internal_datafusion_err!("{}: not a path for a scan: {e}", path.display())
+    };
+    let absolute = std::path::absolute(path).map_err(|e| not_a_path(&e))?;
+    datafusion::object_store::path::Path::from_absolute_path(&absolute)
+        .map(|p| p.to_string())
+        .map_err(|e| not_a_path(&e))
 }
 
 /// The newest rows, still Arrow, spread over the session's partitions.
@@ -303,5 +309,38 @@ impl TableProvider for FlowsTable {
             return Ok(plans.remove(0));
         }
         UnionExec::try_new(plans)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_store_path_is_found_from_the_working_directory() {
+        let cwd = std::env::current_dir().unwrap();
+        let relative = location(std::path::Path::new("data/flows/0/1-00000.parquet")).unwrap();
+        let absolute = location(&cwd.join("data/flows/0/1-00000.parquet")).unwrap();
+        assert_eq!(relative, absolute);
+        assert!(
+            relative.ends_with("data/flows/0/1-00000.parquet"),
+            "{relative}"
+        );
+    }
+
+    #[test]
+    fn files_are_spread_over_the_partitions_by_size() {
+        let files = [50, 10, 30, 30, 20]
+            .iter()
+            .enumerate()
+            .map(|(i, size)| PartitionedFile::new(format!("f{i}"), *size))
+            .collect();
+        let sizes: Vec<u64> = file_groups(files, 2)
+            .iter()
+            .map(|g| g.iter().map(|f| f.object_meta.size).sum())
+            .collect();
+        assert_eq!(sizes, vec![70, 70]);
+        let one = vec![PartitionedFile::new("f", 1)];
+        assert_eq!(file_groups(one, 4).len(), 1, "no empty groups");
     }
 }
