@@ -307,6 +307,9 @@ fn encode(partition_start_ns: i64, batch: &RecordBatch) -> Result<Chunk, ArrowEr
         .map_err(parquet_error)?;
     w.write(&sorted).map_err(parquet_error)?;
     w.close().map_err(parquet_error)?;
+    // The image is held for long: without this it keeps the buffer's
+    // spare capacity (up to as much again) beside it.
+    out.shrink_to_fit();
     let parquet = Bytes::from(out);
     let metadata = ParquetMetaDataReader::new()
         .with_page_index_policy(PageIndexPolicy::Required)
