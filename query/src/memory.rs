@@ -8,10 +8,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::array::TimestampNanosecondArray;
+use std::collections::BTreeMap;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
 use datafusion::arrow::compute::{
-    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
+    SortColumn, concat, interleave_record_batch, lexsort_to_indices, take,
 };
+use datafusion::arrow::datatypes::TimestampNanosecondType;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
@@ -212,16 +215,82 @@ pub(crate) fn frozen_bytes(frozen: &[Frozen]) -> u64 {
     frozen.iter().map(Frozen::bytes).sum()
 }
 
-/// Arrow rows as chunks, one per time partition.
+/// Arrow rows as chunks, one per time partition. Only the sort keys are
+/// gathered into one place and sorted; every row is then copied once,
+/// straight from its batch into its sorted place.
 pub(crate) fn encode_rows(
     batches: &[RecordBatch],
     partition_ns: i64,
 ) -> Result<Vec<Chunk>, ArrowError> {
-    let all = concat_batches(&flows_schema(), batches)?;
-    split_partitions(&all, partition_ns)?
+    let keys = sort_keys(batches)?;
+    let origin: Vec<(usize, usize)> = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r)))
+        .collect();
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    partition_rows(&keys[TIME_KEY], partition_ns)
         .into_iter()
-        .map(|(start, part)| encode(start, &part))
+        .map(|(start, rows)| {
+            let order: Vec<(usize, usize)> = sorted_order(&keys, rows)?
+                .into_iter()
+                .map(|i| origin[i as usize])
+                .collect();
+            encode(start, &interleave_record_batch(&refs, &order)?)
+        })
         .collect()
+}
+
+/// Where `time` is among [`SORT_COLUMNS`].
+const TIME_KEY: usize = 2;
+
+/// The [`SORT_COLUMNS`] of every batch, one array each.
+fn sort_keys(batches: &[RecordBatch]) -> Result<Vec<ArrayRef>, ArrowError> {
+    SORT_COLUMNS
+        .iter()
+        .map(|name| {
+            let i = flows_schema().index_of(name)?;
+            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+            concat(&parts)
+        })
+        .collect()
+}
+
+/// Row numbers by time partition (start ns).
+fn partition_rows(time: &ArrayRef, width: i64) -> BTreeMap<i64, Vec<u32>> {
+    let mut partitions: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    for (i, t) in time
+        .as_primitive::<TimestampNanosecondType>()
+        .values()
+        .iter()
+        .enumerate()
+    {
+        partitions
+            .entry(t.div_euclid(width) * width)
+            .or_default()
+            .push(i as u32);
+    }
+    partitions
+}
+
+/// `rows` in the order of their sort keys.
+fn sorted_order(keys: &[ArrayRef], rows: Vec<u32>) -> Result<Vec<u32>, ArrowError> {
+    let rows = UInt32Array::from(rows);
+    let columns = keys
+        .iter()
+        .map(|k| {
+            Ok(SortColumn {
+                values: take(k.as_ref(), &rows, None)?,
+                options: None,
+            })
+        })
+        .collect::<Result<Vec<_>, ArrowError>>()?;
+    let order = lexsort_to_indices(&columns, None)?;
+    Ok(order
+        .values()
+        .iter()
+        .map(|&o| rows.value(o as usize))
+        .collect())
 }
 
 fn chunk_bytes(chunks: &[Chunk]) -> u64 {
@@ -233,40 +302,6 @@ impl Chunk {
     pub fn bytes(&self) -> u64 {
         (self.parquet.len() + self.metadata.memory_size()) as u64
     }
-}
-
-fn times(batch: &RecordBatch) -> &TimestampNanosecondArray {
-    batch
-        .column(0)
-        .as_any()
-        .downcast_ref::<TimestampNanosecondArray>()
-        .expect("time is the first column of the flows schema")
-}
-
-/// The rows of `all` by time partition (start ns), in time order.
-pub(crate) fn split_partitions(
-    all: &RecordBatch,
-    width: i64,
-) -> Result<Vec<(i64, RecordBatch)>, ArrowError> {
-    let mut partitions: std::collections::BTreeMap<i64, Vec<u32>> = Default::default();
-    for (i, t) in times(all).values().iter().enumerate() {
-        partitions
-            .entry(t.div_euclid(width) * width)
-            .or_default()
-            .push(i as u32);
-    }
-    if partitions.len() == 1 {
-        // Usually every row is in one partition: no copy needed.
-        let start = *partitions.keys().next().expect("one partition");
-        return Ok(vec![(start, all.clone())]);
-    }
-    partitions
-        .into_iter()
-        .map(|(start, idx)| {
-            let take = datafusion::arrow::array::UInt32Array::from(idx);
-            take_record_batch(all, &take).map(|b| (start, b))
-        })
-        .collect()
 }
 
 fn writer_properties() -> WriterProperties {
@@ -290,22 +325,12 @@ fn parquet_error(e: ParquetError) -> ArrowError {
     ArrowError::ExternalError(Box::new(e))
 }
 
-/// Rows of one partition as a sorted, compressed Parquet file image.
-fn encode(partition_start_ns: i64, batch: &RecordBatch) -> Result<Chunk, ArrowError> {
-    let columns: Vec<SortColumn> = SORT_COLUMNS
-        .iter()
-        .map(|name| {
-            Ok(SortColumn {
-                values: batch.column(flows_schema().index_of(name)?).clone(),
-                options: None,
-            })
-        })
-        .collect::<Result<_, ArrowError>>()?;
-    let sorted = take_record_batch(batch, &lexsort_to_indices(&columns, None)?)?;
+/// Sorted rows of one partition as a compressed Parquet file image.
+fn encode(partition_start_ns: i64, sorted: &RecordBatch) -> Result<Chunk, ArrowError> {
     let mut out = Vec::with_capacity(sorted.num_rows() * 24);
     let mut w = ArrowWriter::try_new(&mut out, flows_schema(), Some(writer_properties()))
         .map_err(parquet_error)?;
-    w.write(&sorted).map_err(parquet_error)?;
+    w.write(sorted).map_err(parquet_error)?;
     w.close().map_err(parquet_error)?;
     // The image is held for long: without this it keeps the buffer's
     // spare capacity (up to as much again) beside it.
@@ -315,11 +340,14 @@ fn encode(partition_start_ns: i64, batch: &RecordBatch) -> Result<Chunk, ArrowEr
         .with_page_index_policy(PageIndexPolicy::Required)
         .parse_and_finish(&parquet)
         .map_err(parquet_error)?;
-    let t = times(batch).values();
+    let t = sorted
+        .column(0)
+        .as_primitive::<TimestampNanosecondType>()
+        .values();
     Ok(Chunk {
         metadata: Arc::new(metadata),
         parquet,
-        rows: batch.num_rows(),
+        rows: sorted.num_rows(),
         partition_start_ns,
         min_ns: t.iter().copied().min().unwrap_or(0),
         max_ns: t.iter().copied().max().unwrap_or(0),
