@@ -440,21 +440,26 @@ try {
       check(before.includes(from), "the fixture's allow-same-namespace rule changed: update this test");
       writeFileSync(clusterFile, before.replace(from, "ingress: [{from: [{podSelector: {matchLabels: {app: backend}}}]}]"));
       // The collector checks its file every 200 ms; reload until it has.
+      // The page asks for the explanation and the history at once, so one
+      // load can get the history after the edit and the explanation from
+      // before it: reload until both show it.
+      const card = page.locator(".verdict-card:not(.not-policy)");
       const deadline = Date.now() + 20000;
       for (;;) {
         await go("#/flows");
         await go(why);
         await history.locator(".timeline, .no-change").first().waitFor();
-        if ((await history.locator(".timeline .flip").count()) > 0) break;
-        check(Date.now() < deadline, "the edit never reached the History section");
+        await card.waitFor();
+        if ((await history.locator(".timeline .flip").count()) > 0 && (await card.innerText()).includes("denied")) break;
+        check(Date.now() < deadline, `the edit never reached both the History section and the explanation: ${await card.innerText()}`);
         await page.waitForTimeout(200);
       }
       const flip = await history.locator(".timeline .flip").first().innerText();
       check(/allowed\s*→\s*denied/.test(flip), `the flip is not allowed → denied: ${flip}`);
       check(flip.includes("NetworkPolicy prod/allow-same-namespace modified"), `the cause is not named: ${flip}`);
       check(flip.includes("ingress rule 0 lost the peer podSelector {} (all)") && flip.includes("gained the peer podSelector app=backend"), `the rule-level difference is not in words: ${flip}`);
-      const card = await page.locator(".verdict-card:not(.not-policy)").innerText();
-      check(card.includes("denied"), `the explanation does not judge under the edited policy: ${card}`);
+      const verdict = await card.innerText();
+      check(verdict.includes("denied"), `the explanation does not judge under the edited policy: ${verdict}`);
       await history.scrollIntoViewIfNeeded();
       await shot("why-history");
     });
